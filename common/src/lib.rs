@@ -1,0 +1,1 @@
+//! What every splitvm back end shares: daemon lifecycle, CLI conventions, logging.
