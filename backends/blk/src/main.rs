@@ -1,1 +1,111 @@
-fn main(){}
+//! vhost-user-blk: splitvm's block device back end.
+
+mod backend;
+mod config;
+mod image;
+mod request;
+
+use backend::{BlkBackend, BlkOptions};
+use clap::Parser;
+use splitvm_common::{Capabilities, DaemonArgs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Serves a raw disk image or host block device as a virtio-blk device over vhost-user.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-blk", version)]
+struct Args {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+
+    /// Raw disk image or host block device to serve.
+    #[arg(
+        long,
+        visible_alias = "blk-file",
+        value_name = "FILE",
+        required_unless_present = "print_capabilities"
+    )]
+    image: Option<PathBuf>,
+
+    /// Serve the image read-only (VIRTIO_BLK_F_RO; writes fail with IOERR).
+    #[arg(long, visible_alias = "read-only")]
+    readonly: bool,
+
+    /// Number of request queues (one worker thread each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    num_queues: u16,
+
+    /// Largest ring size a front end may choose (a power of two, 2..=32768).
+    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    queue_size: u16,
+
+    /// Open the image with O_DIRECT (bypass the host page cache).
+    #[arg(long)]
+    direct: bool,
+
+    /// Device serial for VIRTIO_BLK_T_GET_ID (at most 20 bytes; default: the image's file name).
+    #[arg(long, value_name = "ID", value_parser = parse_serial)]
+    serial: Option<String>,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
+fn parse_serial(s: &str) -> Result<String, String> {
+    if s.len() > 20 {
+        return Err(format!(
+            "{s:?} is {} bytes; a virtio-blk serial has at most 20",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// The default serial: the image's file name, cut to 20 bytes.
+fn default_serial(image: &Path) -> Vec<u8> {
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut bytes = name.into_bytes();
+    bytes.truncate(20);
+    bytes
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let caps = Capabilities {
+        device_type: "block",
+        features: vec!["blk-file", "read-only"],
+    };
+    splitvm_common::daemon::run("vhost-user-blk", &args.daemon, caps, || {
+        let path = args.image.as_deref().ok_or("--image is required")?;
+        let image = image::Image::open(path, args.readonly, args.direct)?;
+        log::info!(
+            "serving {} ({} bytes{}{}), {} queue(s) of up to {}",
+            path.display(),
+            image.size(),
+            if args.readonly { ", read-only" } else { "" },
+            if args.direct { ", O_DIRECT" } else { "" },
+            args.num_queues,
+            args.queue_size
+        );
+        let serial = match &args.serial {
+            Some(s) => s.as_bytes().to_vec(),
+            None => default_serial(path),
+        };
+        Ok(BlkBackend::new(
+            image,
+            BlkOptions {
+                num_queues: args.num_queues,
+                queue_size: args.queue_size,
+                serial,
+            },
+        ))
+    })
+}
