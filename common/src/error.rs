@@ -7,7 +7,9 @@ use std::path::PathBuf;
 /// Errors of the shared daemon core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("give exactly one of --socket PATH, --fd N, or systemd socket activation (LISTEN_FDS)")]
+    #[error(
+        "give exactly one of --socket PATH, --fd N, or systemd socket activation (LISTEN_FDS)"
+    )]
     NoSocket,
     #[error("--socket and --fd are mutually exclusive")]
     SocketAndFd,

@@ -184,14 +184,8 @@ mod tests {
     #[test]
     fn fd_must_be_listening_unix_socket() {
         let f = std::fs::File::open("/dev/null").unwrap();
-        assert!(matches!(
-            adopt_fd(f.as_raw_fd()),
-            Err(Error::BadFd { .. })
-        ));
+        assert!(matches!(adopt_fd(f.as_raw_fd()), Err(Error::BadFd { .. })));
         let (a, _b) = UnixStream::pair().unwrap();
-        assert!(matches!(
-            adopt_fd(a.as_raw_fd()),
-            Err(Error::BadFd { .. })
-        ));
+        assert!(matches!(adopt_fd(a.as_raw_fd()), Err(Error::BadFd { .. })));
     }
 }
