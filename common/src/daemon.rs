@@ -16,7 +16,7 @@ use std::error::Error as StdError;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
@@ -142,7 +142,10 @@ where
         log::info!("front end connected");
 
         match daemon.wait() {
-            Ok(()) => log::info!("front end disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => log::info!("front end disconnected"),
             Err(e) => log::warn!("front end connection ended: {e}"),
         }
         // Dropping the daemon stops its workers once they finish what they hold.
