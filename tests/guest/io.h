@@ -62,7 +62,7 @@ static inline void cli(void)
  * wakes the hlt instead of being taken before it (no lost wake-up). */
 static inline void sti_hlt(void)
 {
-    __asm__ volatile("sti; hlt" : : : "memory");
+    __asm__ volatile("sti; hlt" : : : "memory", "cc");
 }
 
 static inline uint64_t rdmsr(uint32_t msr)

@@ -38,7 +38,17 @@ isr_common:
     addl    $4, %esp
     popal
     addl    $8, %esp            /* vector + error code */
-    iret
+    /*
+     * Return without "iret": under this machine's KVM (KVM-PVM, no VMX/SVM)
+     * the guest's instructions are run by KVM's x86 instruction emulator,
+     * which implements iret only for real mode (protected-mode iret is a
+     * KVM_EXIT_INTERNAL_ERROR "emulation failure").  For a return to the
+     * same privilege level popfl + far return do the same job:
+     *   stack: EIP, CS, EFLAGS  ->  restore EFLAGS, pop EIP/CS, drop EFLAGS.
+     */
+    pushl   8(%esp)             /* copy of the saved EFLAGS */
+    popfl
+    lret    $4
 
 /* Table of stub addresses. */
     .section .rodata

@@ -57,10 +57,11 @@ static void show_start_info(const struct hvm_start_info *si)
         const struct hvm_memmap_table_entry *e =
             (const void *)(uintptr_t)si->memmap_paddr;
         for (uint32_t i = 0; i < si->memmap_entries && i < 32; i++)
-            kprintf("  memmap: 0x%010llx-0x%010llx type %u\n",
-                    (unsigned long long)e[i].addr,
-                    (unsigned long long)(e[i].addr + e[i].size - 1),
-                    e[i].type);
+            if (e[i].size)
+                kprintf("  memmap: 0x%010llx-0x%010llx type %u\n",
+                        (unsigned long long)e[i].addr,
+                        (unsigned long long)(e[i].addr + e[i].size - 1),
+                        e[i].type);
     }
 }
 
