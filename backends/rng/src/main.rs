@@ -1,0 +1,74 @@
+//! vhost-user-rng: splitvm's entropy device back end.
+
+mod backend;
+mod serve;
+mod source;
+
+use backend::{RateLimit, RngBackend};
+use clap::Parser;
+use splitvm_common::{Capabilities, DaemonArgs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serves a virtio-rng device over vhost-user, from getrandom(2) or a file/device.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-rng", version)]
+struct Args {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+
+    /// Entropy source: "getrandom" or the path of a file or device (a regular file is
+    /// read again from its start at its end).
+    #[arg(long, default_value = "getrandom", value_name = "getrandom|PATH")]
+    source: String,
+
+    /// Rate limit: at most this many bytes per --period-ms (requests wait, never fail).
+    #[arg(long, value_name = "N", requires = "period_ms",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_bytes: Option<u64>,
+
+    /// The rate limit's period in milliseconds.
+    #[arg(long, value_name = "P", requires = "max_bytes",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    period_ms: Option<u64>,
+
+    /// Largest ring size a front end may choose (a power of two, 2..=32768).
+    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
+    queue_size: u16,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let caps = Capabilities {
+        device_type: "rng",
+        features: vec![],
+    };
+    serve::run("vhost-user-rng", &args.daemon, caps, || {
+        let source = source::Source::open(&args.source)?;
+        let limit = match (args.max_bytes, args.period_ms) {
+            (Some(max_bytes), Some(ms)) => Some(RateLimit {
+                max_bytes,
+                period: Duration::from_millis(ms),
+            }),
+            _ => None,
+        };
+        match &limit {
+            Some(l) => log::info!(
+                "entropy from {}, at most {} bytes per {} ms",
+                source.describe(),
+                l.max_bytes,
+                l.period.as_millis()
+            ),
+            None => log::info!("entropy from {}, no rate limit", source.describe()),
+        }
+        Ok(RngBackend::new(source, limit, args.queue_size)?)
+    })
+}
