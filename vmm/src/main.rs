@@ -1,1 +1,62 @@
-fn main(){}
+//! `vmm`: splitvm's minimal KVM VMM. See README.md for usage.
+
+mod api;
+mod boot;
+mod bus;
+mod cli;
+mod cpu;
+mod devices;
+mod exit;
+mod memory;
+mod vhost_user;
+mod vm;
+
+use std::error::Error as _;
+
+use clap::Parser;
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Cli(#[from] cli::CliError),
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+}
+
+fn run() -> Result<exit::ExitReason, MainError> {
+    let cfg = cli::Args::parse().into_config()?;
+    let vm = vm::Vm::new(&cfg)?;
+    Ok(vm.run()?)
+}
+
+/// `outer: inner: innermost`.
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    match run() {
+        Ok(reason) => {
+            eprintln!("vmm: {}", reason.describe());
+            std::process::exit(reason.code());
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {}", cause_chain(&e));
+            let _ = e.source();
+            std::process::exit(1);
+        }
+    }
+}

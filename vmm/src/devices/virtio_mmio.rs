@@ -1,0 +1,434 @@
+//! virtio-mmio transport (virtio 1.x, version 2 register layout) in front
+//! of a vhost-user back end.
+//!
+//! The transport is the device model: it keeps everything the driver
+//! negotiated (features, ring sizes and addresses) and hands it to the
+//! generic [`VhostUserProxy`] at DRIVER_OK. Notifications never pass through
+//! here: QueueNotify writes hit an ioeventfd (the back end's kick fd) in KVM,
+//! and the back end's call fd is an irqfd on this device's IRQ line.
+
+use serde_json::json;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::bus::BusDevice;
+use crate::memory::GuestMem;
+use crate::vhost_user::proxy::{ConnState, RingConfig, VhostUserProxy, VIRTIO_F_VERSION_1};
+use crate::vhost_user::DeviceType;
+
+pub const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
+pub const MMIO_VERSION: u32 = 2;
+pub const VENDOR_ID: u32 = 0x5356_4d56; // "VMVS"
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+pub const REG_MAGIC: u64 = 0x000;
+pub const REG_VERSION: u64 = 0x004;
+pub const REG_DEVICE_ID: u64 = 0x008;
+pub const REG_VENDOR_ID: u64 = 0x00c;
+pub const REG_DEVICE_FEATURES: u64 = 0x010;
+pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub const REG_DRIVER_FEATURES: u64 = 0x020;
+pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub const REG_QUEUE_SEL: u64 = 0x030;
+pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub const REG_QUEUE_NUM: u64 = 0x038;
+pub const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub const REG_INTERRUPT_ACK: u64 = 0x064;
+pub const REG_STATUS: u64 = 0x070;
+pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub const REG_SHM_SEL: u64 = 0x0ac;
+pub const REG_SHM_LEN_LOW: u64 = 0x0b0;
+pub const REG_SHM_LEN_HIGH: u64 = 0x0b4;
+pub const REG_SHM_BASE_LOW: u64 = 0x0b8;
+pub const REG_SHM_BASE_HIGH: u64 = 0x0bc;
+pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub const REG_CONFIG: u64 = 0x100;
+
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// Transport feature bits we pass through: device-specific bits 0-23,
+/// INDIRECT_DESC, EVENT_IDX, VERSION_1, IN_ORDER, ORDER_PLATFORM. Not
+/// passed: PROTOCOL_FEATURES (vhost-user's own), packed rings and
+/// NOTIFICATION_DATA (this transport does not implement them),
+/// ACCESS_PLATFORM (no IOMMU).
+pub const TRANSPORT_FEATURE_MASK: u64 =
+    0x00ff_ffff | (1 << 28) | (1 << 29) | VIRTIO_F_VERSION_1 | (1 << 35) | (1 << 36);
+
+/// A virtqueue as the driver set it up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Queue {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+fn set_low(v: &mut u64, low: u32) {
+    *v = (*v & !0xffff_ffff) | u64::from(low);
+}
+
+fn set_high(v: &mut u64, high: u32) {
+    *v = (*v & 0xffff_ffff) | (u64::from(high) << 32);
+}
+
+pub struct VirtioMmioDevice {
+    ty: DeviceType,
+    mmio_base: u64,
+    irq: u32,
+    mem: GuestMem,
+    proxy: VhostUserProxy,
+    device_features: u64,
+    device_features_sel: u32,
+    driver_features: u64,
+    driver_features_sel: u32,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    status: u32,
+    config: Vec<u8>,
+    config_generation: u32,
+    pending_config_irq: bool,
+    shm_sel: u32,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    activated: bool,
+}
+
+impl VirtioMmioDevice {
+    pub fn new(
+        ty: DeviceType,
+        mmio_base: u64,
+        irq: u32,
+        mem: GuestMem,
+        proxy: VhostUserProxy,
+    ) -> std::io::Result<Self> {
+        let n = proxy.info().queues as usize;
+        let kicks = (0..n)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()?;
+        let calls = (0..n)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            ty,
+            mmio_base,
+            irq,
+            mem,
+            device_features: proxy.info().features & TRANSPORT_FEATURE_MASK,
+            config: proxy.info().config.clone(),
+            proxy,
+            device_features_sel: 0,
+            driver_features: 0,
+            driver_features_sel: 0,
+            queue_sel: 0,
+            queues: vec![Queue::default(); n],
+            status: 0,
+            config_generation: 0,
+            pending_config_irq: false,
+            shm_sel: 0,
+            kicks,
+            calls,
+            activated: false,
+        })
+    }
+
+    pub fn device_type(&self) -> &DeviceType {
+        &self.ty
+    }
+
+    /// Kick eventfds, one per queue: ioeventfds on QueueNotify.
+    pub fn kicks(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// Call eventfds, one per queue: irqfds on this device's IRQ.
+    pub fn calls(&self) -> &[EventFd] {
+        &self.calls
+    }
+
+    pub fn proxy(&self) -> &VhostUserProxy {
+        &self.proxy
+    }
+
+    /// The back end hung up: keep the guest-facing state, flag the device.
+    pub fn backend_gone(&mut self, why: &str) {
+        self.proxy.mark_disconnected(why);
+        self.needs_reset();
+    }
+
+    /// DEVICE_NEEDS_RESET plus a config interrupt, if the driver is live.
+    fn needs_reset(&mut self) {
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.status |= STATUS_NEEDS_RESET;
+            self.pending_config_irq = true;
+            if let Some(c) = self.calls.first() {
+                let _ = c.write(1);
+            }
+        }
+    }
+
+    /// JSON for the API's `status`.
+    pub fn describe(&self) -> serde_json::Value {
+        let state = self.proxy.state();
+        let mut v = json!({
+            "type": self.ty.name,
+            "virtio_id": self.ty.virtio_id,
+            "socket": self.proxy.socket().display().to_string(),
+            "mmio_base": format!("{:#x}", self.mmio_base),
+            "irq": self.irq,
+            "queues": self.queues.len(),
+            "backend_queues": self.proxy.info().queue_num,
+            "backend_features": format!("{:#x}", self.proxy.info().features),
+            "protocol_features": format!("{:#x}", self.proxy.info().protocol.bits()),
+            "state": state.as_str(),
+            "driver_status": self.status,
+        });
+        if let ConnState::Disconnected(why) = state {
+            v["reason"] = json!(why);
+        }
+        v
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            match self.proxy.deactivate() {
+                Ok(bases) => log::debug!("{}: rings stopped at {bases:?}", self.ty.name),
+                Err(e) => log::warn!("{}: stopping rings: {e}", self.ty.name),
+            }
+        }
+        self.activated = false;
+        self.device_features_sel = 0;
+        self.driver_features = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.queues.iter_mut().for_each(|q| *q = Queue::default());
+        self.status = 0;
+        self.pending_config_irq = false;
+    }
+
+    fn activate(&mut self) {
+        let rings: Vec<RingConfig> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.ready && q.size > 0)
+            .map(|(i, q)| RingConfig {
+                index: i as u16,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+            })
+            .collect();
+        match self.proxy.activate(
+            &self.mem,
+            self.driver_features,
+            &rings,
+            &self.kicks,
+            &self.calls,
+        ) {
+            Ok(()) => {
+                self.activated = true;
+                log::info!(
+                    "{} at {:#x}: driver ok, {} ring(s) started",
+                    self.ty.name,
+                    self.mmio_base,
+                    rings.len()
+                );
+            }
+            Err(e) => {
+                log::error!(
+                    "{} at {:#x}: cannot start rings: {e}",
+                    self.ty.name,
+                    self.mmio_base
+                );
+                if !matches!(self.proxy.state(), ConnState::Disconnected(_)) {
+                    self.proxy.mark_disconnected(&e.to_string());
+                }
+                self.needs_reset();
+            }
+        }
+    }
+
+    fn set_status(&mut self, mut v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let newly = v & !self.status;
+        if newly & STATUS_FEATURES_OK != 0 {
+            let ok = self.driver_features & !self.device_features == 0
+                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                log::warn!(
+                    "{}: driver features {:#x} not acceptable (offered {:#x})",
+                    self.ty.name,
+                    self.driver_features,
+                    self.device_features
+                );
+                v &= !STATUS_FEATURES_OK;
+            }
+        }
+        let needs_reset = self.status & STATUS_NEEDS_RESET;
+        self.status = v | needs_reset;
+        if newly & STATUS_DRIVER_OK != 0 && self.status & STATUS_FEATURES_OK != 0 && !self.activated
+        {
+            self.activate();
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MMIO_MAGIC,
+            REG_VERSION => MMIO_VERSION,
+            REG_DEVICE_ID => self.ty.virtio_id,
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device_features as u32,
+                1 => (self.device_features >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self
+                .selected_queue()
+                .map_or(0, |_| u32::from(QUEUE_MAX_SIZE)),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready as u32),
+            // Completions go straight from the back end's call fd to the
+            // irqchip, so we cannot know which cause fired: report "used
+            // buffer" always (Linux ignores an interrupt with no bit set),
+            // plus a config change when one is pending.
+            REG_INTERRUPT_STATUS => {
+                INT_VRING
+                    | if self.pending_config_irq {
+                        INT_CONFIG
+                    } else {
+                        0
+                    }
+            }
+            REG_STATUS => self.status,
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => 0xffff_ffff,
+            REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => 0xffff_ffff,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    match self.driver_features_sel {
+                        0 => set_low(&mut self.driver_features, v),
+                        1 => set_high(&mut self.driver_features, v),
+                        _ => {}
+                    }
+                }
+            }
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    if v <= u32::from(QUEUE_MAX_SIZE) && v.is_power_of_two() {
+                        q.size = v as u16;
+                    }
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.ready = v == 1;
+                }
+            }
+            // Reaches us only if the ioeventfd did not match (e.g. a bad
+            // queue index): nothing to do.
+            REG_QUEUE_NOTIFY => log::debug!("{}: unmatched notify {v}", self.ty.name),
+            REG_INTERRUPT_ACK => {
+                if v & INT_CONFIG != 0 {
+                    self.pending_config_irq = false;
+                }
+            }
+            REG_STATUS => self.set_status(v),
+            REG_QUEUE_DESC_LOW => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_low(&mut q.desc, v)),
+            REG_QUEUE_DESC_HIGH => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_high(&mut q.desc, v)),
+            REG_QUEUE_DRIVER_LOW => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_low(&mut q.avail, v)),
+            REG_QUEUE_DRIVER_HIGH => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_high(&mut q.avail, v)),
+            REG_QUEUE_DEVICE_LOW => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_low(&mut q.used, v)),
+            REG_QUEUE_DEVICE_HIGH => self
+                .selected_queue()
+                .into_iter()
+                .for_each(|q| set_high(&mut q.used, v)),
+            REG_SHM_SEL => self.shm_sel = v,
+            _ => log::debug!(
+                "{}: write {v:#x} to unknown register {offset:#x}",
+                self.ty.name
+            ),
+        }
+    }
+}
+
+impl BusDevice for VirtioMmioDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            let start = (offset - REG_CONFIG) as usize;
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = self.config.get(start + i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            let start = (offset - REG_CONFIG) as usize;
+            if start + data.len() > self.config.len() {
+                return;
+            }
+            self.config[start..start + data.len()].copy_from_slice(data);
+            if let Err(e) = self.proxy.set_config(start as u32, data) {
+                log::warn!("{}: SET_CONFIG: {e}", self.ty.name);
+            }
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            return;
+        }
+        self.write_reg(
+            offset,
+            u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! The generic vhost-user front-end proxy.
+//!
+//! It owns the connection (a `vhost::vhost_user::Frontend`) and nothing the
+//! guest negotiated: the transport passes acked features and ring
+//! addresses in at [`VhostUserProxy::activate`], so a later reconnect can
+//! replay the same state over a new connection.
+//!
+//! Handshake at connect: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES
+//! (MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS as offered), GET_QUEUE_NUM,
+//! GET_CONFIG. At DRIVER_OK: SET_FEATURES, SET_MEM_TABLE, then per ring
+//! SET_VRING_NUM/ADDR/BASE/KICK/CALL and SET_VRING_ENABLE. At reset:
+//! SET_VRING_ENABLE(0) and GET_VRING_BASE per ring.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::DeviceType;
+use crate::memory::GuestMem;
+
+/// virtio 1.x; we are a non-legacy transport.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Most queues a device may expose.
+pub const MAX_QUEUES: u16 = 16;
+
+/// Protocol features we use when the back end offers them.
+pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot connect to vhost-user back end at {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("vhost-user {step} failed: {source}")]
+    Protocol {
+        step: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("back end at {path} lacks required feature {feature}")]
+    MissingFeature { path: String, feature: String },
+    #[error("back end at {path} offers {have} queues, {want} requested")]
+    Queues { path: String, have: u64, want: u16 },
+    #[error("guest ring address {0:#x} is not in guest memory")]
+    BadRingAddress(u64),
+    #[error("back end is not connected")]
+    NotConnected,
+}
+
+fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> ProxyError {
+    move |source| ProxyError::Protocol { step, source }
+}
+
+/// A ring as the driver configured it (guest-physical addresses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingConfig {
+    pub index: u16,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+/// Connection state as reported on the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// Handshake done, rings not running.
+    Connected,
+    /// Rings programmed and enabled.
+    Active,
+    /// The back end went away (or a request failed).
+    Disconnected(String),
+}
+
+impl ConnState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConnState::Connected => "connected",
+            ConnState::Active => "active",
+            ConnState::Disconnected(_) => "disconnected",
+        }
+    }
+}
+
+/// What the back end told us at connect time.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// GET_FEATURES, including VHOST_USER_F_PROTOCOL_FEATURES.
+    pub features: u64,
+    /// Protocol features both sides use.
+    pub protocol: VhostUserProtocolFeatures,
+    /// GET_QUEUE_NUM (MQ) or `None`.
+    pub queue_num: Option<u64>,
+    /// Queues the device exposes to the guest.
+    pub queues: u16,
+    /// Config space from GET_CONFIG.
+    pub config: Vec<u8>,
+}
+
+pub struct VhostUserProxy {
+    socket: PathBuf,
+    frontend: Option<Frontend>,
+    info: BackendInfo,
+    state: ConnState,
+    /// Rings running on the back end.
+    active_rings: Vec<u16>,
+}
+
+impl VhostUserProxy {
+    /// Connects and runs the handshake.
+    pub fn connect(
+        socket: &Path,
+        ty: &DeviceType,
+        config_size: u32,
+        requested_queues: Option<u16>,
+    ) -> Result<Self, ProxyError> {
+        let path = socket.display().to_string();
+        let mut fe = Frontend::connect(socket, u64::from(MAX_QUEUES)).map_err(|source| {
+            ProxyError::Connect {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        fe.set_owner().map_err(step("SET_OWNER"))?;
+        let features = fe.get_features().map_err(step("GET_FEATURES"))?;
+        if features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(ProxyError::MissingFeature {
+                path,
+                feature: "VIRTIO_F_VERSION_1".into(),
+            });
+        }
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let offered = fe
+                .get_protocol_features()
+                .map_err(step("GET_PROTOCOL_FEATURES"))?;
+            protocol = offered & wanted_protocol_features();
+            fe.set_protocol_features(protocol)
+                .map_err(step("SET_PROTOCOL_FEATURES"))?;
+        }
+        let missing = ty.required_protocol - protocol;
+        if !missing.is_empty() {
+            return Err(ProxyError::MissingFeature {
+                path,
+                feature: format!("protocol feature {missing:?}"),
+            });
+        }
+        let queue_num = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            Some(fe.get_queue_num().map_err(step("GET_QUEUE_NUM"))?)
+        } else {
+            None
+        };
+        let queues = match (requested_queues, queue_num) {
+            (Some(q), Some(n)) if u64::from(q) > n => {
+                return Err(ProxyError::Queues {
+                    path,
+                    have: n,
+                    want: q,
+                });
+            }
+            (Some(q), _) => q,
+            (None, Some(n)) if ty.queues_from_backend => n.clamp(1, u64::from(MAX_QUEUES)) as u16,
+            (None, _) => ty.default_queues,
+        };
+        if queues > MAX_QUEUES {
+            return Err(ProxyError::Queues {
+                path,
+                have: u64::from(MAX_QUEUES),
+                want: queues,
+            });
+        }
+        let mut config = Vec::new();
+        if config_size > 0 && protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            let buf = vec![0u8; config_size as usize];
+            let (_, payload) = fe
+                .get_config(0, config_size, VhostUserConfigFlags::WRITABLE, &buf)
+                .map_err(step("GET_CONFIG"))?;
+            config = payload;
+        }
+        config.resize(config_size as usize, 0);
+        log::info!(
+            "{path}: connected, features {features:#x}, protocol {:?}, queues {queue_num:?}",
+            protocol
+        );
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            frontend: Some(fe),
+            info: BackendInfo {
+                features,
+                protocol,
+                queue_num,
+                queues,
+                config,
+            },
+            state: ConnState::Connected,
+            active_rings: Vec::new(),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    pub fn state(&self) -> &ConnState {
+        &self.state
+    }
+
+    /// The socket, to watch for hang-up.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.frontend.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Forgets the connection; the device model keeps its state.
+    pub fn mark_disconnected(&mut self, why: &str) {
+        if !matches!(self.state, ConnState::Disconnected(_)) {
+            log::warn!("{}: back end disconnected: {why}", self.socket.display());
+        }
+        self.state = ConnState::Disconnected(why.to_string());
+        self.frontend = None;
+        self.active_rings.clear();
+    }
+
+    fn fe(&mut self) -> Result<&mut Frontend, ProxyError> {
+        self.frontend.as_mut().ok_or(ProxyError::NotConnected)
+    }
+
+    fn ack(&mut self, on: bool) {
+        if self
+            .info
+            .protocol
+            .contains(VhostUserProtocolFeatures::REPLY_ACK)
+        {
+            if let Some(fe) = &self.frontend {
+                fe.set_hdr_flags(if on {
+                    VhostUserHeaderFlag::NEED_REPLY
+                } else {
+                    VhostUserHeaderFlag::empty()
+                });
+            }
+        }
+    }
+
+    fn protocol_features_on(&self) -> bool {
+        self.info.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
+    }
+
+    /// Writes device config through SET_CONFIG (when CONFIG was negotiated).
+    pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
+        if !self
+            .info
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return Ok(());
+        }
+        self.ack(true);
+        let r = self
+            .fe()?
+            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+            .map_err(step("SET_CONFIG"));
+        self.ack(false);
+        r
+    }
+
+    /// Starts the rings at DRIVER_OK.
+    pub fn activate(
+        &mut self,
+        mem: &GuestMem,
+        acked_features: u64,
+        rings: &[RingConfig],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+    ) -> Result<(), ProxyError> {
+        self.ack(true);
+        let r = self.activate_inner(mem, acked_features, rings, kicks, calls);
+        self.ack(false);
+        if r.is_ok() {
+            self.state = ConnState::Active;
+        }
+        r
+    }
+
+    fn activate_inner(
+        &mut self,
+        mem: &GuestMem,
+        acked_features: u64,
+        rings: &[RingConfig],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+    ) -> Result<(), ProxyError> {
+        let features = acked_features
+            | (self.info.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+        let protocol_on = self.protocol_features_on();
+        let regions = mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(step("memory region info"))?;
+        let fe = self.fe()?;
+        fe.set_features(features).map_err(step("SET_FEATURES"))?;
+        fe.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
+        let hva = |gpa: u64| {
+            mem.get_host_address(GuestAddress(gpa))
+                .map(|p| p as u64)
+                .map_err(|_| ProxyError::BadRingAddress(gpa))
+        };
+        let mut started = Vec::new();
+        for ring in rings {
+            let i = ring.index as usize;
+            let cfg = VringConfigData {
+                queue_max_size: ring.size,
+                queue_size: ring.size,
+                flags: 0,
+                desc_table_addr: hva(ring.desc)?,
+                used_ring_addr: hva(ring.used)?,
+                avail_ring_addr: hva(ring.avail)?,
+                log_addr: None,
+            };
+            fe.set_vring_num(i, ring.size)
+                .map_err(step("SET_VRING_NUM"))?;
+            fe.set_vring_addr(i, &cfg).map_err(step("SET_VRING_ADDR"))?;
+            fe.set_vring_base(i, 0).map_err(step("SET_VRING_BASE"))?;
+            fe.set_vring_kick(i, &kicks[i])
+                .map_err(step("SET_VRING_KICK"))?;
+            fe.set_vring_call(i, &calls[i])
+                .map_err(step("SET_VRING_CALL"))?;
+            started.push(ring.index);
+        }
+        if protocol_on {
+            for ring in rings {
+                fe.set_vring_enable(ring.index as usize, true)
+                    .map_err(step("SET_VRING_ENABLE"))?;
+            }
+        }
+        self.active_rings = started;
+        Ok(())
+    }
+
+    /// Stops the rings (device reset or driver unload). Returns each
+    /// ring's last avail index from GET_VRING_BASE.
+    pub fn deactivate(&mut self) -> Result<Vec<(u16, u32)>, ProxyError> {
+        let rings = std::mem::take(&mut self.active_rings);
+        if rings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let protocol_on = self.protocol_features_on();
+        let mut bases = Vec::new();
+        self.ack(true);
+        let r = (|| {
+            let fe = self.fe()?;
+            if protocol_on {
+                for i in &rings {
+                    fe.set_vring_enable(*i as usize, false)
+                        .map_err(step("SET_VRING_ENABLE"))?;
+                }
+            }
+            Ok::<(), ProxyError>(())
+        })();
+        self.ack(false);
+        r?;
+        let fe = self.fe()?;
+        for i in &rings {
+            let base = fe
+                .get_vring_base(*i as usize)
+                .map_err(step("GET_VRING_BASE"))?;
+            bases.push((*i, base));
+        }
+        if self.state == ConnState::Active {
+            self.state = ConnState::Connected;
+        }
+        Ok(bases)
+    }
+}
