@@ -31,7 +31,7 @@ static void uart_tx(char c)
 {
     /* Bounded wait: an emulated UART is always ready; a missing one must
      * not hang the guest. */
-    for (int i = 0; i < 100000; i++) {
+    for (int i = 0; i < 10000; i++) {
         if (inb(COM1 + UART_LSR) & LSR_THRE)
             break;
         cpu_relax();
