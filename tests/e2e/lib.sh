@@ -199,6 +199,7 @@ e2e_boot_guest() {
 # e2e_show_console FILE [LINES]: the tail of a guest console, escapes stripped.
 e2e_show_console() {
     echo "----- last ${2:-40} lines of ${1#$E2E_ROOT/} -----"
+    [[ -s "$1" ]] || echo "(empty: QEMU printed nothing; stuck before the firmware ran, e.g. in the vhost-user handshake)"
     tr -d '\r' < "$1" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | tail -n "${2:-40}"
     echo "-----"
 }
