@@ -239,6 +239,18 @@ impl FrontendConn {
         q: &SplitQueue,
         mem: &GuestMem,
     ) -> Result<(), FrontendError> {
+        self.setup_vring_at(index, q, mem, q.next_avail())
+    }
+
+    /// [`FrontendConn::setup_vring`] with an explicit SET_VRING_BASE value (restarting a
+    /// ring where GET_VRING_BASE left it).
+    pub fn setup_vring_at(
+        &mut self,
+        index: usize,
+        q: &SplitQueue,
+        mem: &GuestMem,
+        base: u16,
+    ) -> Result<(), FrontendError> {
         let a = q.addrs();
         self.fe.set_vring_num(index, q.size())?;
         let cfg = VringConfigData {
@@ -257,10 +269,24 @@ impl FrontendConn {
             log_addr: None,
         };
         self.fe.set_vring_addr(index, &cfg)?;
-        self.fe.set_vring_base(index, q.next_avail())?;
+        self.fe.set_vring_base(index, base)?;
         self.fe.set_vring_call(index, q.call_fd())?;
         self.fe.set_vring_kick(index, q.kick_fd())?;
         Ok(())
+    }
+
+    /// SET_MEM_TABLE with any region table (e.g. one that lies about sizes).
+    pub fn set_mem_table_regions(
+        &mut self,
+        regions: &[vhost::VhostUserMemoryRegionInfo],
+    ) -> Result<(), FrontendError> {
+        self.fe.set_mem_table(regions)?;
+        Ok(())
+    }
+
+    /// SET_VRING_BASE.
+    pub fn set_vring_base(&mut self, index: usize, base: u16) -> Result<(), FrontendError> {
+        Ok(self.fe.set_vring_base(index, base)?)
     }
 
     /// SET_VRING_ENABLE.
@@ -344,6 +370,28 @@ pub struct RawReply {
     pub flags: u32,
     /// Body.
     pub body: Vec<u8>,
+}
+
+/// What the back end did after a message: see [`RawChannel::outcome`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A message came back (for REPLY_ACK: `body` is the u64 status, 0 = success).
+    Reply(RawReply),
+    /// The back end closed (or reset) the connection.
+    Closed,
+    /// Nothing within the time limit, connection still open.
+    Silent,
+}
+
+impl Outcome {
+    /// True for a non-zero REPLY_ACK or a closed connection: the message was refused.
+    pub fn refused(&self) -> bool {
+        match self {
+            Outcome::Closed => true,
+            Outcome::Reply(r) => r.u64().map(|v| v != 0).unwrap_or(false),
+            Outcome::Silent => false,
+        }
+    }
 }
 
 impl RawReply {
@@ -448,6 +496,21 @@ impl RawChannel {
             flags,
             body,
         }))
+    }
+
+    /// Wait up to `timeout` for a reply or a close.
+    pub fn outcome(&mut self, timeout: Duration) -> Outcome {
+        match self.recv(timeout) {
+            Ok(Some(r)) => Outcome::Reply(r),
+            Ok(None) => Outcome::Closed,
+            Err(FrontendError::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Outcome::Silent
+            }
+            Err(_) => Outcome::Closed,
+        }
     }
 
     /// Send a request that has a reply and read it.
