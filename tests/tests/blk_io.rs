@@ -547,3 +547,41 @@ fn large_requests_across_many_segments() {
     f.assert_image("many segments");
     let _ = read_at(&f.image, 0, 1);
 }
+
+#[test]
+fn ring_indexes_wrap_around() {
+    // Start the ring at avail/used index 65530 (SET_VRING_BASE) with a 4-entry queue, and
+    // run enough requests to cross 65535 -> 0 several ring laps over.
+    let mut f = BlkFixture::new("wrap", MIB, &[]);
+    for event_idx in [true, false] {
+        let mut opts = BlkOptions {
+            queue_size: 4,
+            num_queues: Some(1),
+            ..Default::default()
+        };
+        if !event_idx {
+            opts.features &= !VIRTIO_RING_F_EVENT_IDX;
+        }
+        let mut drv = f.connect_with(&opts);
+        drv.conn.get_vring_base(0).unwrap();
+        let base = 65530u16;
+        drv.queues[0].reset_indexes(&drv.mem, base).unwrap();
+        drv.conn
+            .setup_vring_at(0, &drv.queues[0], &drv.mem, base)
+            .unwrap();
+        drv.conn.set_vring_enable(0, true).unwrap();
+        for i in 0..20u64 {
+            let data = pattern(i * 7 + event_idx as u64, 512);
+            assert_eq!(drv.write(i, &data).unwrap(), status::OK, "write {i}");
+            f.expect_written(i, &data);
+            let (st, back) = drv.read(i, 512).unwrap();
+            assert_eq!(st, status::OK);
+            assert_bytes_eq(&back, &data, "read back across the wrap");
+        }
+        assert_eq!(drv.queues[0].next_avail(), base.wrapping_add(40));
+        let b = drv.conn.get_vring_base(0).unwrap();
+        assert_eq!(b as u16, base.wrapping_add(40), "GET_VRING_BASE after wrap");
+        drv.close();
+    }
+    f.assert_image("after index wrap");
+}

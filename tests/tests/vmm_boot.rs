@@ -17,7 +17,14 @@ fn pvh_entry_cmdline_and_reset() {
     let guest = dir.path("tiny.elf");
     std::fs::write(&guest, tiny_pvh_guest(false)).unwrap();
     let run = run_vmm(
-        &["--kernel", guest.to_str().unwrap(), "--memory", "32M", "--cmdline", "hello world"],
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--cmdline",
+            "hello world",
+        ],
         Duration::from_secs(60),
     );
     assert!(run.status.success(), "{}", run.dump());
@@ -31,7 +38,16 @@ fn smp_guest_boots() {
     let guest = dir.path("tiny.elf");
     std::fs::write(&guest, tiny_pvh_guest(false)).unwrap();
     let run = run_vmm(
-        &["--kernel", guest.to_str().unwrap(), "--memory", "64M", "--cpus", "4", "--cmdline", "x"],
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "4",
+            "--cmdline",
+            "x",
+        ],
         Duration::from_secs(60),
     );
     assert!(run.status.success(), "{}", run.dump());
@@ -46,7 +62,14 @@ fn serial_to_file() {
     std::fs::write(&guest, tiny_pvh_guest(false)).unwrap();
     let serial = format!("file={}", out.display());
     let run = run_vmm(
-        &["--kernel", guest.to_str().unwrap(), "--cmdline", "to-file", "--serial", &serial],
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "to-file",
+            "--serial",
+            &serial,
+        ],
         Duration::from_secs(60),
     );
     assert!(run.status.success(), "{}", run.dump());
@@ -62,7 +85,10 @@ fn api_status_backend_death_and_shutdown() {
     let guest = dir.path("tiny.elf");
     std::fs::write(&guest, tiny_pvh_guest(true)).unwrap();
     let img = dir.path("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
     let blk_sock = dir.path("blk.sock");
     let mut blk = Proc::spawn(
         "vhost-user-blk",
@@ -81,7 +107,14 @@ fn api_status_backend_death_and_shutdown() {
     let mut vmm = Proc::spawn(
         "vmm",
         Command::new(bin("vmm"))
-            .args(["--kernel", guest.to_str().unwrap(), "--memory", "64M", "--cpus", "2"])
+            .args([
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--memory",
+                "64M",
+                "--cpus",
+                "2",
+            ])
             .args(["--device", &dev, "--serial", &serial])
             .arg("--api-socket")
             .arg(&api)
@@ -109,7 +142,10 @@ fn api_status_backend_death_and_shutdown() {
         if st["devices"][0]["state"] == "disconnected" {
             break;
         }
-        assert!(Instant::now() < deadline, "device never reported disconnected: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "device never reported disconnected: {st}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(vmm.is_running(), "vmm died with its back end");
@@ -128,7 +164,10 @@ fn api_status_backend_death_and_shutdown() {
     std::io::Read::read_to_string(vmm.child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(status.success(), "exit {status:?}, stderr:\n{err}");
     assert!(err.contains("disconnected"), "{err}");
-    assert!(err.contains("shutdown requested on the API socket"), "{err}");
+    assert!(
+        err.contains("shutdown requested on the API socket"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(!api.exists(), "API socket left behind");
 }

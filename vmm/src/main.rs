@@ -24,7 +24,23 @@ enum MainError {
 }
 
 fn run() -> Result<exit::ExitReason, MainError> {
-    let cfg = cli::Args::parse().into_config()?;
+    let args = match cli::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, like every other error; clap's full text follows at debug level.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            let next = text.lines().nth(1).map(str::trim).unwrap_or("");
+            eprintln!("vmm: error: {first} {next} (see vmm --help)");
+            std::process::exit(2);
+        }
+    };
+    let cfg = args.into_config()?;
     let vm = vm::Vm::new(&cfg)?;
     Ok(vm.run()?)
 }

@@ -36,6 +36,12 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot reserve {size} bytes of hugepages (see /proc/meminfo HugePages_Free)")]
+    Hugepages {
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot seal guest memory memfd")]
     Seal(#[source] std::io::Error),
     #[error("cannot map guest memory")]
@@ -92,6 +98,17 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     file.set_len(size)
         .map_err(|source| MemoryError::Truncate { size, source })?;
+    if hugepages {
+        // Take the huge pages now: without them the first guest access
+        // would be a SIGBUS, not an error message.
+        // SAFETY: fallocate on an fd we own; the return value is checked.
+        if unsafe { libc::fallocate(fd, 0, 0, size as libc::off_t) } < 0 {
+            return Err(MemoryError::Hugepages {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
     // Back ends map this file: it must never shrink under them.
     // SAFETY: plain fcntl on an fd we own; the return value is checked.
     let ret = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };

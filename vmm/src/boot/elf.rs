@@ -18,16 +18,44 @@ const PT_NOTE: u32 = 4;
 const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 
-pub fn load_elf64(mem: &GuestMem, file: &mut File) -> Result<LoadedKernel, BootError> {
-    let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|e| match e {
-        linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
-            BootError::KernelTooBig {
-                mem_mib: super::low_ram_end(mem) >> 20,
-                need: u64::MAX,
-            }
+/// End of the highest PT_LOAD segment of an ELF64 image (0 if unreadable:
+/// the loader then reports the format error).
+fn elf64_load_end(file: &mut File) -> u64 {
+    let mut ehdr = [0u8; 64];
+    if file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut ehdr))
+        .is_err()
+    {
+        return 0;
+    }
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap());
+    let phentsize = u16_at(&ehdr, 54) as u64;
+    let phnum = u16_at(&ehdr, 56) as u64;
+    let mut end = 0u64;
+    for i in 0..phnum.min(256) {
+        let mut ph = [0u8; 56];
+        let off = phoff.saturating_add(i.saturating_mul(phentsize));
+        if file
+            .seek(SeekFrom::Start(off))
+            .and_then(|_| file.read_exact(&mut ph))
+            .is_err()
+        {
+            break;
         }
-        e => BootError::Elf(e),
-    })?;
+        if u32_at(&ph, 0) == PT_LOAD {
+            let paddr = u64::from_le_bytes(ph[24..32].try_into().unwrap());
+            let memsz = u64::from_le_bytes(ph[40..48].try_into().unwrap());
+            end = end.max(paddr.saturating_add(memsz));
+        }
+    }
+    let _ = file.seek(SeekFrom::Start(0));
+    end
+}
+
+pub fn load_elf64(mem: &GuestMem, file: &mut File) -> Result<LoadedKernel, BootError> {
+    check_fits(mem, elf64_load_end(file))?;
+    let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(BootError::Elf)?;
     check_fits(mem, r.kernel_end)?;
     let (entry, mode) = match r.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => (addr.0, EntryMode::Pvh),

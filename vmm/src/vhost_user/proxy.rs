@@ -157,7 +157,14 @@ impl VhostUserProxy {
         if !missing.is_empty() {
             return Err(ProxyError::MissingFeature {
                 path,
-                feature: format!("protocol feature {missing:?}"),
+                feature: format!(
+                    "protocol feature {}",
+                    missing
+                        .iter_names()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join("|")
+                ),
             });
         }
         let queue_num = if protocol.contains(VhostUserProtocolFeatures::MQ) {
