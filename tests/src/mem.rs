@@ -288,3 +288,31 @@ impl Allocator {
         self.next = mark.next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_file_backed_and_allocator_spans_them() {
+        let mut m = GuestMem::with_regions(&[(0, 0x4000), (0x10000, 0x4000)]).unwrap();
+        let infos = m.region_infos();
+        assert_eq!(infos.len(), 2);
+        assert_eq!(infos[1].mmap_offset, 0x4000);
+        assert!(infos.iter().all(|r| r.mmap_handle >= 0));
+        let a = m.alloc(0x2000, 16).unwrap();
+        assert_eq!(a, 0x1000, "address 0 is never handed out");
+        let b = m.alloc(0x2000, 16).unwrap();
+        assert_eq!(b, 0x10000, "moves to the next region");
+        let mark = m.alloc_mark();
+        m.alloc(0x100, 8).unwrap();
+        m.alloc_reset(mark);
+        assert_eq!(m.alloc(1, 1).unwrap(), 0x12000);
+        assert!(m.alloc(0x10000, 1).is_err());
+        m.write(0x10010, b"abc").unwrap();
+        assert_eq!(m.read(0x10010, 3).unwrap(), b"abc");
+        assert!(m.read(0x5000, 1).is_err(), "hole between regions");
+        assert!(m.contains(0x10000, 0x4000) && !m.contains(0x3fff, 2));
+        assert_eq!(m.end(), 0x14000);
+    }
+}
