@@ -6,8 +6,10 @@
 #   build/guest/kernel/lib/modules/<KVER>/       the module tree
 #   build/guest/kver                             <KVER>
 # Cached: once those exist, a second run does nothing (and needs no network).
-# Set SPLITVM_KERNEL_PKG=linux-image-... to pick another kernel package
-# (e.g. the 6.12 one from bookworm-security); changing it refetches.
+# Set SPLITVM_KERNEL_META=linux-image-6.12-cloud-amd64 to follow another
+# meta-package (the 6.12 kernel, whose modules are .ko.xz), or
+# SPLITVM_KERNEL_PKG=linux-image-<KVER> to name the kernel package itself;
+# asking for a different package than the cached one refetches.
 # Needs: apt-get, dpkg, depmod (kmod). Run scripts/install-deps.sh first.
 set -euo pipefail
 
@@ -18,12 +20,23 @@ DL="$GUEST/dl"
 STAMP="$GUEST/kernel.stamp"
 
 want_pkg=${SPLITVM_KERNEL_PKG:-}
+meta=${SPLITVM_KERNEL_META:-linux-image-cloud-amd64}
+
+# One fetcher at a time (parallel test runs share build/guest/).
+mkdir -p "$GUEST"
+exec 9> "$GUEST/.kernel.lock"
+flock 9
 
 if [[ -f "$STAMP" && -f "$GUEST/vmlinuz" && -f "$GUEST/kver" ]]; then
-    have_pkg=$(cat "$STAMP")
+    read -r have_pkg have_meta < "$STAMP" || true
     kver=$(cat "$GUEST/kver")
-    if [[ ( -z "$want_pkg" || "$want_pkg" == "$have_pkg" ) \
-          && -s "$KDIR/lib/modules/$kver/modules.dep" ]]; then
+    same=no
+    if [[ -n "$want_pkg" ]]; then
+        [[ "$want_pkg" == "$have_pkg" ]] && same=yes
+    else
+        [[ "$meta" == "${have_meta:-linux-image-cloud-amd64}" ]] && same=yes
+    fi
+    if [[ $same == yes && -s "$KDIR/lib/modules/$kver/modules.dep" ]]; then
         echo "guest-kernel: cached $have_pkg ($GUEST/vmlinuz)"
         exit 0
     fi
@@ -33,12 +46,12 @@ mkdir -p "$DL"
 
 if [[ -z "$want_pkg" ]]; then
     find_pkg() {
-        apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+        apt-cache depends "$meta" 2>/dev/null \
             | awk '/Depends: linux-image-/{print $2; exit}'
     }
     want_pkg=$(find_pkg || true)
     if [[ -z "$want_pkg" ]]; then
-        echo "guest-kernel: package lists do not know linux-image-cloud-amd64; running apt-get update"
+        echo "guest-kernel: package lists do not know $meta; running apt-get update"
         apt-get update -qq
         want_pkg=$(find_pkg)
     fi
@@ -68,6 +81,6 @@ kver=${vml##*/vmlinuz-}
 depmod -b "$KDIR" "$kver"
 cp "$vml" "$GUEST/vmlinuz.tmp" && mv "$GUEST/vmlinuz.tmp" "$GUEST/vmlinuz"
 echo "$kver" > "$GUEST/kver"
-echo "$want_pkg" > "$STAMP"
+echo "$want_pkg ${SPLITVM_KERNEL_PKG:+-}${SPLITVM_KERNEL_PKG:-$meta}" > "$STAMP"
 rm -f "$deb"
 echo "guest-kernel: $kver ready ($GUEST/vmlinuz, $KDIR/lib/modules/$kver)"

@@ -54,6 +54,11 @@ KVER=$(cat "$GUEST/kver")
 MODROOT="$GUEST/kernel/lib/modules/$KVER"
 [[ -s "$MODROOT/modules.dep" ]] || { echo "initramfs: no modules.dep in $MODROOT; run scripts/guest-kernel.sh" >&2; exit 1; }
 
+# One builder at a time (parallel test runs share build/guest/).
+mkdir -p "$GUEST"
+exec 9> "$GUEST/.initramfs.lock"
+flock 9
+
 # ---- input fingerprint: skip the rebuild when nothing changed ----
 fingerprint() {
     {
