@@ -19,10 +19,10 @@ PKGS=(
     xz-utils             # decompress guest kernel modules (.ko.xz)
     zstd                 # in case a kernel ships .ko.zst modules
     iproute2             # later net tests
-    coreutils            # timeout, md5sum, cmp lives in diffutils
+    coreutils            # timeout, md5sum, truncate
     diffutils            # cmp
-    util-linux           # misc (flock, setsid)
-    procps               # pkill/pgrep-free process checks (ps)
+    util-linux           # flock (serializes builds under build/guest)
+    procps               # ps, for looking at leftover processes when debugging
 )
 
 missing=()
