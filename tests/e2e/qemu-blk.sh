@@ -48,7 +48,8 @@ PAT_MIB=$((SIZE_MIB - 1))
 backend_cmd() {
     case "$BACKEND" in
         ours)
-            local bin="${SPLITVM_BIN_DIR:-$E2E_ROOT/target/release}/vhost-user-blk"
+            local tdir=${CARGO_TARGET_DIR:-target}; [[ $tdir == /* ]] || tdir="$E2E_ROOT/$tdir"
+            local bin="${SPLITVM_BIN_DIR:-$tdir/release}/vhost-user-blk"
             [[ -x "$bin" ]] || e2e_die "$bin not found: cargo build --release -p vhost-user-blk (or --backend qsd)"
             # shellcheck disable=SC2206
             BACKEND_CMD=("$bin" --socket "$SOCK" --image "$IMG" --num-queues "$QUEUES" ${SPLITVM_E2E_BLK_ARGS:-})
