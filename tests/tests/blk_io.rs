@@ -589,3 +589,37 @@ fn ring_indexes_wrap_around() {
     }
     f.assert_image("after index wrap");
 }
+
+#[test]
+fn fewer_queues_and_memory_above_4g() {
+    let mut f = BlkFixture::new("layout", 2 * MIB, &["--num-queues", "4"]);
+    // A front end that starts only one of four queues, with guest memory at 4 GiB and
+    // a second region at 8 GiB.
+    let mut drv = f.connect_with(&BlkOptions {
+        num_queues: Some(1),
+        mem_layout: vec![(1 << 32, 16 * MIB), (2 << 32, 16 * MIB)],
+        ..Default::default()
+    });
+    assert_eq!(drv.config.num_queues, 4);
+    assert_eq!(drv.queues.len(), 1);
+    f.assert_serving(&mut drv, 0, "one of four queues, memory at 4 GiB");
+    // Data buffers in the region at 8 GiB.
+    let data = pattern(8, 4096);
+    let a = 2u64 << 32;
+    drv.mem.write(a, &data).unwrap();
+    let h = drv.alloc_header(req_type::OUT, 50).unwrap();
+    let s = drv.alloc_status().unwrap();
+    drv.submit_chain(
+        0,
+        &[
+            splitvm_tests::Desc::readable(h, 16),
+            splitvm_tests::Desc::readable(a, 4096),
+            splitvm_tests::Desc::writable(s, 1),
+        ],
+    )
+    .unwrap();
+    drv.wait(0).unwrap();
+    assert_eq!(drv.status_at(s).unwrap(), status::OK);
+    f.expect_written(50, &data);
+    f.assert_image("memory above 4 GiB");
+}
