@@ -232,14 +232,17 @@ impl FrontendConn {
     }
 
     /// SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK for ring
-    /// `index` (the ring starts once kicked and, with protocol features, enabled).
+    /// `index` (the ring starts once kicked and, with protocol features, enabled). The base
+    /// is the used index in guest memory: the device resumes after the last request it
+    /// completed, so requests already in the avail ring are still to do.
     pub fn setup_vring(
         &mut self,
         index: usize,
         q: &SplitQueue,
         mem: &GuestMem,
     ) -> Result<(), FrontendError> {
-        self.setup_vring_at(index, q, mem, q.next_avail())
+        let base = q.used_idx(mem)?;
+        self.setup_vring_at(index, q, mem, base)
     }
 
     /// [`FrontendConn::setup_vring`] with an explicit SET_VRING_BASE value (restarting a
