@@ -31,8 +31,9 @@ MODULES=(
     failover net_failover virtio_net
     rng_core virtio_rng
     crc16 crc32c_generic libcrc32c mbcache jbd2 ext4 ext2
-    ${SPLITVM_GUEST_MODULES:-}
 )
+read -r -a extra <<< "${SPLITVM_GUEST_MODULES:-}"
+MODULES+=("${extra[@]}")
 # ext2 may not exist at all (CONFIG_EXT2_FS off, ext4 handles ext2);
 # rng_core is built in when CONFIG_HW_RANDOM=y; crc libs vary.
 OPTIONAL_MODULES=" ext2 rng_core crc16 crc32c_generic libcrc32c mbcache jbd2 "

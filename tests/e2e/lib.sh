@@ -57,7 +57,7 @@ e2e_setup() {
     : > "$E2E_LOGS/checks.log"
     trap e2e_cleanup EXIT
     trap 'echo "interrupted"; exit 130' INT TERM
-    e2e_log "e2e test $E2E_NAME: logs in ${E2E_LOGS#$E2E_ROOT/}"
+    e2e_log "e2e test $E2E_NAME: logs in ${E2E_LOGS#"$E2E_ROOT"/}"
 }
 
 # e2e_need_tools CMD...: fail early with a hint when a host tool is missing.
@@ -162,7 +162,7 @@ e2e_qemu_base() {
 e2e_boot_guest() {
     local label=$1 test=$2 params=$3; shift 3
     local console="$E2E_LOGS/$label.console" rc qpid t0 t1 line
-    E2E_CONSOLE=$console
+    E2E_CONSOLE=$console  # for the caller (e2e_guest_value)
     e2e_qemu_base
     local cmd=("${E2E_QEMU_BASE[@]}"
         -append "console=ttyS0 panic=-1 quiet splitvmtest=$test splitvmtimeout=$((E2E_TIMEOUT - 15)) $params"
@@ -198,7 +198,7 @@ e2e_boot_guest() {
 
 # e2e_show_console FILE [LINES]: the tail of a guest console, escapes stripped.
 e2e_show_console() {
-    echo "----- last ${2:-40} lines of ${1#$E2E_ROOT/} -----"
+    echo "----- last ${2:-40} lines of ${1#"$E2E_ROOT"/} -----"
     [[ -s "$1" ]] || echo "(empty: QEMU printed nothing; stuck before the firmware ran, e.g. in the vhost-user handshake)"
     tr -d '\r' < "$1" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | tail -n "${2:-40}"
     echo "-----"
@@ -210,7 +210,7 @@ e2e_guest_value() {
 }
 
 e2e_finish() {
-    echo "== $E2E_NAME: $E2E_PASSES passed, $E2E_FAILS failed (logs: ${E2E_LOGS#$E2E_ROOT/}) =="
+    echo "== $E2E_NAME: $E2E_PASSES passed, $E2E_FAILS failed (logs: ${E2E_LOGS#"$E2E_ROOT"/}) =="
     if ((E2E_FAILS > 0)); then
         echo "RESULT: FAIL"
         exit 1
