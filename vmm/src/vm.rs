@@ -16,7 +16,7 @@ use crate::bus::{Allocator, Bus, DEVICE_MMIO_SIZE};
 use crate::cli::{Config, SerialSpec};
 use crate::cpu;
 use crate::devices::i8042::{self, I8042};
-use crate::devices::power::{self, PowerOff};
+use crate::devices::power::{self, AcpiSleepControl, PowerOff};
 use crate::devices::serial::{self, SerialDevice, SerialOut};
 use crate::devices::virtio_mmio::{VirtioMmioDevice, REG_QUEUE_NOTIFY};
 use crate::exit::{ExitReason, ExitSignal};
@@ -146,12 +146,18 @@ impl Vm {
         for port in power::PORTS {
             pio.insert(Arc::new(Mutex::new(PowerOff::new(exit.clone()))), port, 2)?;
         }
+        pio.insert(
+            Arc::new(Mutex::new(AcpiSleepControl::new(exit.clone()))),
+            boot::acpi::SLEEP_CONTROL_PORT,
+            2,
+        )?;
 
         // Devices: connect each back end, give it a window, an IRQ, its
         // ioeventfds and irqfds, and announce it on the command line.
         let mut alloc = Allocator::new();
         let mut cmdline = cfg.cmdline.trim().to_string();
         let mut devices = Vec::new();
+        let mut acpi_devices = Vec::new();
         for (index, spec) in cfg.devices.iter().enumerate() {
             let ty = DeviceType::for_kind(spec.kind);
             let config_size = spec.config_size.unwrap_or(ty.config_size);
@@ -186,6 +192,11 @@ impl Vm {
                 spec.socket.display()
             );
             devices.push(dev);
+            acpi_devices.push(boot::acpi::MmioDevice {
+                base,
+                size: DEVICE_MMIO_SIZE,
+                irq,
+            });
         }
 
         // Boot structures.
@@ -205,13 +216,14 @@ impl Vm {
         };
         boot::write_cmdline(&mem, &cmdline, limit)?;
         boot::mptable::write(&mem, cfg.cpus)?;
+        let rsdp = boot::acpi::write(&mem, cfg.cpus, &acpi_devices)?;
         let boot_info = match kernel.mode {
             EntryMode::Linux64 => {
-                let zp = zero_page::build(hdr, cmdline.len() + 1, initrd, cfg.memory.size);
+                let zp = zero_page::build(hdr, cmdline.len() + 1, initrd, cfg.memory.size, rsdp);
                 zero_page::write(&mem, &zp)?;
                 boot::ZERO_PAGE_ADDR
             }
-            EntryMode::Pvh => boot::pvh::write(&mem, initrd, cfg.memory.size)?,
+            EntryMode::Pvh => boot::pvh::write(&mem, initrd, cfg.memory.size, rsdp)?,
         };
         log::info!("command line: {cmdline}");
 

@@ -14,6 +14,8 @@
 //! | 0x9fc00  | MP table (EBDA)                       |
 //! | 0x100000 | kernel                                |
 
+pub mod acpi;
+pub mod aml;
 pub mod bzimage;
 pub mod elf;
 pub mod mptable;

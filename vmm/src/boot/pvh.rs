@@ -18,6 +18,7 @@ pub const MODLIST_ADDR: u64 = PVH_INFO_ADDR + 0x200;
 pub fn build(
     initrd: Option<Initrd>,
     mem_size: u64,
+    rsdp: u64,
 ) -> (
     hvm_start_info,
     Vec<hvm_memmap_table_entry>,
@@ -45,7 +46,7 @@ pub fn build(
         nr_modules: module.is_some() as u32,
         modlist_paddr: if module.is_some() { MODLIST_ADDR } else { 0 },
         cmdline_paddr: CMDLINE_ADDR,
-        rsdp_paddr: 0,
+        rsdp_paddr: rsdp,
         memmap_paddr: MEMMAP_ADDR,
         memmap_entries: memmap.len() as u32,
         reserved: 0,
@@ -54,8 +55,13 @@ pub fn build(
 }
 
 /// Writes the start info at [`PVH_INFO_ADDR`]; returns its address for ebx.
-pub fn write(mem: &GuestMem, initrd: Option<Initrd>, mem_size: u64) -> Result<u64, BootError> {
-    let (info, memmap, module) = build(initrd, mem_size);
+pub fn write(
+    mem: &GuestMem,
+    initrd: Option<Initrd>,
+    mem_size: u64,
+    rsdp: u64,
+) -> Result<u64, BootError> {
+    let (info, memmap, module) = build(initrd, mem_size, rsdp);
     for (i, e) in memmap.iter().enumerate() {
         let addr = MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         mem.write_obj(*e, GuestAddress(addr))
@@ -82,7 +88,7 @@ mod tests {
             addr: 0x300_0000,
             size: 0x1000,
         };
-        let addr = write(&mem, Some(initrd), 64 << 20).unwrap();
+        let addr = write(&mem, Some(initrd), 64 << 20, 0xe0000).unwrap();
         assert_eq!(addr, PVH_INFO_ADDR);
         // Raw layout of struct hvm_start_info.
         let mut b = [0u8; 56];
@@ -94,6 +100,7 @@ mod tests {
         assert_eq!(u32_at(12), 1, "nr_modules");
         assert_eq!(u64_at(16), MODLIST_ADDR, "modlist_paddr");
         assert_eq!(u64_at(24), CMDLINE_ADDR, "cmdline_paddr");
+        assert_eq!(u64_at(32), 0xe0000, "rsdp_paddr");
         assert_eq!(u64_at(40), MEMMAP_ADDR, "memmap_paddr");
         assert_eq!(u32_at(48), 3, "memmap_entries");
         let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(MEMMAP_ADDR + 2 * 24)).unwrap();

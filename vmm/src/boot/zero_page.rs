@@ -25,8 +25,12 @@ pub fn build(
     cmdline_len: usize,
     initrd: Option<Initrd>,
     mem_size: u64,
+    rsdp: u64,
 ) -> boot_params {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     let mut hdr = header.unwrap_or_default();
     if header.is_none() {
         // ELF vmlinux: no real setup header; fill the fields Linux checks.
@@ -105,7 +109,7 @@ mod tests {
             addr: 0x1f00_0000,
             size: 0x12_3456,
         };
-        let p = build(Some(bz_header()), 26, Some(initrd), 512 << 20);
+        let p = build(Some(bz_header()), 26, Some(initrd), 512 << 20, 0xe0000);
         // The boot protocol fields, by value.
         assert_eq!({ p.hdr.header }, HDRS_MAGIC);
         assert_eq!({ p.hdr.boot_flag }, BOOT_FLAG);
@@ -137,12 +141,17 @@ mod tests {
             addr: 0x0200_0000,
             size: 0x1000,
         };
-        let p = build(Some(bz_header()), 10, Some(initrd), 64 << 20);
+        let p = build(Some(bz_header()), 10, Some(initrd), 64 << 20, 0xe0000);
         let bytes = vm_memory::ByteValued::as_slice(&p).to_vec();
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
         assert_eq!(bytes.len(), 4096);
         assert_eq!(bytes[0x1e8], 3, "e820_entries at 0x1e8");
+        assert_eq!(
+            u64::from_le_bytes(bytes[0x70..0x78].try_into().unwrap()),
+            0xe0000,
+            "acpi_rsdp_addr at 0x070"
+        );
         assert_eq!(u16_at(0x1fe), 0xaa55, "boot_flag at 0x1fe");
         assert_eq!(u32_at(0x202), HDRS_MAGIC, "header at 0x202");
         assert_eq!(bytes[0x210], 0xff, "type_of_loader at 0x210");
@@ -161,7 +170,7 @@ mod tests {
 
     #[test]
     fn elf_kernel_gets_synthetic_header() {
-        let p = build(None, 5, None, 64 << 20);
+        let p = build(None, 5, None, 64 << 20, 0);
         assert_eq!({ p.hdr.header }, HDRS_MAGIC);
         assert_eq!({ p.hdr.boot_flag }, BOOT_FLAG);
         assert_eq!({ p.hdr.ramdisk_image }, 0);
