@@ -2,44 +2,39 @@
 //! another on the same listening socket for as long as the process runs, and
 //! stop cleanly on SIGTERM/SIGINT.
 //!
-//! Each front-end connection gets a fresh `VhostUserDaemon` (and so fresh
-//! vring state and worker threads) around the same device back end: the
-//! vhost-user-backend handler keeps "owner" and ring state across a
-//! disconnect, which would make the next front end's SET_OWNER fail.
+//! The protocol handler and the queue workers live as long as the process;
+//! when a front end goes away its state is dropped (`Handler::disconnect`)
+//! and the next one starts from scratch against the same device.
 
 use crate::capabilities::Capabilities;
 use crate::cli::DaemonArgs;
 use crate::error::{report, Error, Result};
+use crate::handler::Handler;
 use crate::listener::{self, BoundSocket};
+use crate::worker::WorkerHandle;
 use crate::{logging, signals};
 use std::error::Error as StdError;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError};
+use vhost_user_backend::VhostUserBackend;
+
+pub use crate::vring::{GuestMemoryHandle, Vring};
 
 /// Guest memory as every back end maps it.
-pub type GuestMemory = GuestMemoryMmap<()>;
-/// The guest memory handle the vrings use.
-pub type GuestMemoryHandle = GuestMemoryAtomic<GuestMemory>;
-/// The vring type every back end uses.
-pub type Vring = VringRwLock<GuestMemoryHandle>;
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
-/// A fresh exit event for `VhostUserBackend::exit_event`: without one,
-/// dropping a daemon would wait forever for its worker threads.
-pub fn new_exit_event() -> Option<(EventConsumer, EventNotifier)> {
-    match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
-        Ok(pair) => Some(pair),
-        Err(e) => {
-            log::error!("cannot create a worker exit event: {e}");
-            None
-        }
-    }
+/// An exit event for `VhostUserBackend::exit_event`, for code still run by
+/// vhost-user-backend's own daemon (our workers do not need one).
+pub fn new_exit_event() -> Option<(
+    vmm_sys_util::event::EventConsumer,
+    vmm_sys_util::event::EventNotifier,
+)> {
+    vmm_sys_util::event::new_event_consumer_and_notifier(vmm_sys_util::event::EventFlag::NONBLOCK)
+        .ok()
 }
 
 /// The whole `main` of a back end: `--print-capabilities`, logging, signals,
@@ -51,6 +46,23 @@ where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
     F: FnOnce() -> std::result::Result<B, Box<dyn StdError>>,
 {
+    run_with(name, args, caps, setup, |_, _| Ok(()))
+}
+
+/// [`run`], with `on_start` called once the queue workers exist, so a back
+/// end can add its own fds (a tap, a timer) to them.
+pub fn run_with<B, F, S>(
+    name: &'static str,
+    args: &DaemonArgs,
+    caps: Capabilities,
+    setup: F,
+    on_start: S,
+) -> ExitCode
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    F: FnOnce() -> std::result::Result<B, Box<dyn StdError>>,
+    S: FnOnce(&B, &[WorkerHandle]) -> std::io::Result<()>,
+{
     if args.print_capabilities {
         println!("{}", caps.to_json());
         return ExitCode::SUCCESS;
@@ -60,7 +72,7 @@ where
         signals::block()?;
         let backend = setup()?;
         let socket = listener::open(args)?;
-        serve(name, backend, socket)?;
+        serve_with(backend, socket, on_start)?;
         Ok(())
     })();
     match result {
@@ -76,27 +88,46 @@ where
 #[derive(Default)]
 struct Shared {
     stopping: bool,
-    connection: Option<ShutdownHandle>,
+    connection: Option<UnixStream>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Serves front ends on `socket`, one after another, until SIGTERM/SIGINT.
-/// On a stop signal the current connection is shut down, the worker threads
-/// finish the requests they are processing, the socket file is removed, and
-/// this returns `Ok`.
-pub fn serve<B>(name: &'static str, backend: B, socket: BoundSocket) -> Result<()>
+pub fn serve<B>(backend: B, socket: BoundSocket) -> Result<()>
 where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
 {
+    serve_with(backend, socket, |_, _| Ok(()))
+}
+
+/// [`serve`], calling `on_start` once the workers exist. On a stop signal the
+/// current connection is shut down, the workers finish the requests they are
+/// processing, the socket file is removed, and this returns `Ok`.
+pub fn serve_with<B, S>(backend: B, socket: BoundSocket, on_start: S) -> Result<()>
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    S: FnOnce(&B, &[WorkerHandle]) -> std::io::Result<()>,
+{
+    let (handler, workers) = Handler::new(backend.clone()).map_err(Error::Workers)?;
+    let handles: Vec<WorkerHandle> = workers.iter().map(|w| w.handle().clone()).collect();
+    on_start(&backend, &handles).map_err(Error::Workers)?;
+    let handler = Arc::new(Mutex::new(handler));
+
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let owned_path = socket.owned_path.clone();
     {
         let shared = shared.clone();
+        let owned_path = socket.owned_path.clone();
         signals::watch(move |sig| {
             log::info!("{sig}: finishing in-flight requests and exiting");
-            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&shared);
             s.stopping = true;
             match &s.connection {
-                Some(conn) => conn.shutdown(),
+                Some(conn) => {
+                    let _ = conn.shutdown(Shutdown::Both);
+                }
                 None => {
                     // Idle: nothing in flight, the main thread sits in accept().
                     if let Some(p) = &owned_path {
@@ -112,52 +143,65 @@ where
         Some(p) => log::info!("listening on {}", p.display()),
         None => log::info!("listening on an inherited socket"),
     }
-    let mut listener = Listener::from(socket.listener.try_clone().map_err(Error::Signals)?);
     let mut accept_failures = 0u32;
     loop {
-        let mut daemon = VhostUserDaemon::new(
-            name.to_string(),
-            backend.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(Error::Daemon)?;
-
-        if let Err(e) = daemon.start(&mut listener) {
-            accept_failures += 1;
-            if accept_failures > 100 {
-                return Err(Error::Accept(e));
+        let stream = match socket.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                accept_failures += 1;
+                if accept_failures > 100 {
+                    return Err(Error::Listen(e));
+                }
+                log::warn!("accepting a front end failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
-            log::warn!("accepting a front end failed: {}", e);
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
+        };
         accept_failures = 0;
         {
-            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&shared);
             if s.stopping {
-                daemon.request_shutdown();
+                break;
             }
-            s.connection = daemon.shutdown_handle();
+            s.connection = stream.try_clone().ok();
         }
         log::info!("front end connected");
 
-        match daemon.wait() {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            )) => log::info!("front end disconnected"),
-            Err(e) => log::warn!("front end connection ended: {e}"),
+        let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+        loop {
+            match requests.handle_request() {
+                Ok(()) => {}
+                Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => {
+                    log::info!("front end disconnected");
+                    break;
+                }
+                Err(e) => {
+                    if !lock(&shared).stopping {
+                        // A refused or malformed request: the protocol has no
+                        // way back to a known state, so end this connection
+                        // and wait for the next front end.
+                        log::warn!("closing the front-end connection: {e}");
+                    }
+                    break;
+                }
+            }
         }
-        // Dropping the daemon stops its workers once they finish what they hold.
-        drop(daemon);
+        drop(requests);
+        handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .disconnect();
 
-        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&shared);
         s.connection = None;
         if s.stopping {
             break;
         }
         log::info!("waiting for the next front end");
     }
+    // Dropping the workers lets each finish the event in hand, then joins it.
+    drop(workers);
     socket.remove_path();
     log::info!("exiting");
     Ok(())

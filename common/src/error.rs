@@ -39,11 +39,16 @@ pub enum Error {
     SocketActivation(String),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
-    // vhost_user_backend::Error implements Display but not std::error::Error.
+    // For back ends still run by vhost-user-backend's daemon; its error type
+    // implements Display but not std::error::Error.
     #[error("cannot create the vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
+    #[error("cannot start the queue workers")]
+    Workers(#[source] io::Error),
     #[error("cannot accept a front end: {0}")]
     Accept(vhost_user_backend::Error),
+    #[error("cannot accept front ends")]
+    Listen(#[source] io::Error),
     #[error("bad log level {0:?} (expected error, warn, info, debug or trace)")]
     LogLevel(String),
 }

@@ -3,15 +3,21 @@
 //! the vhost-user spec's back-end programs, logging, and error reporting.
 //!
 //! A back end implements `vhost_user_backend::VhostUserBackend` for its device
-//! logic and hands it to [`daemon::serve`]; everything else lives here.
+//! logic, with [`vring::Vring`] as its vring type (requests taken with
+//! `Vring::pop_chain` are tracked in flight), and hands it to [`daemon::run`];
+//! everything else lives here.
 
 pub mod capabilities;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod handler;
+pub mod inflight;
 pub mod listener;
 pub mod logging;
 pub mod signals;
+pub mod vring;
+pub mod worker;
 
 pub use capabilities::Capabilities;
 pub use cli::DaemonArgs;

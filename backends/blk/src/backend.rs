@@ -5,7 +5,7 @@
 use crate::config::BlkConfig;
 use crate::image::Image;
 use crate::request::{self, Invalid, Request, RequestType};
-use splitvm_common::daemon::{new_exit_event, GuestMemoryHandle, Vring};
+use splitvm_common::daemon::{GuestMemoryHandle, Vring};
 use std::io;
 use std::sync::{Arc, RwLock};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -13,10 +13,8 @@ use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 /// What the operator chose on the command line.
 #[derive(Debug, Clone)]
@@ -67,13 +65,8 @@ impl BlkBackend {
         let mem = atomic.memory();
         let mut completed = 0usize;
         loop {
-            let chain = match vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone())
-            {
-                Some(c) => c,
-                None => break,
+            let Some(chain) = vring.pop_chain(mem.clone()) else {
+                break;
             };
             let head = chain.head_index();
             let used_len = match request::parse(chain, self.max_data()) {
@@ -311,10 +304,6 @@ impl VhostUserBackend for BlkBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.opts.num_queues).map(|q| 1u64 << q).collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_exit_event()
     }
 
     fn handle_event(
