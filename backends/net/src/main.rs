@@ -1,1 +1,113 @@
-fn main() {}
+//! vhost-user-net: splitvm's network device back end over a tap.
+
+mod backend;
+mod serve;
+mod tap;
+mod vnet;
+
+use backend::{NetBackend, NetOptions};
+use clap::Parser;
+use splitvm_common::{Capabilities, DaemonArgs};
+use std::process::ExitCode;
+
+/// Serves a virtio-net device over vhost-user, forwarding frames to and from a tap.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-net", version)]
+struct Args {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+
+    /// Tap interface to attach (created if missing and permitted).
+    #[arg(long, value_name = "NAME", required_unless_present = "print_capabilities",
+          value_parser = parse_tap)]
+    tap: Option<String>,
+
+    /// The device's MAC address (config space).
+    #[arg(long, default_value = "52:54:00:12:34:56", value_parser = parse_mac)]
+    mac: MacArg,
+
+    /// Queue pairs (one tap queue and one worker thread each; more than one needs a
+    /// multi_queue tap).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    queue_pairs: u16,
+
+    /// Largest ring size a front end may choose (a power of two, 2..=32768).
+    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    queue_size: u16,
+
+    /// MTU announced to the guest (68..=65535; set the tap's own MTU to match).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(68..))]
+    mtu: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MacArg([u8; 6]);
+
+fn parse_mac(s: &str) -> Result<MacArg, String> {
+    let bad = || format!("{s:?} is not a MAC address like 52:54:00:12:34:56");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("{s} is a multicast address"));
+    }
+    if mac == [0; 6] {
+        return Err("00:00:00:00:00:00 is not a usable address".into());
+    }
+    Ok(MacArg(mac))
+}
+
+fn parse_tap(s: &str) -> Result<String, String> {
+    tap::check_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let caps = Capabilities {
+        device_type: "net",
+        features: vec![],
+    };
+    serve::run("vhost-user-net", &args.daemon, caps, || {
+        let name = args.tap.as_deref().ok_or("--tap is required")?;
+        let taps = tap::open(name, usize::from(args.queue_pairs))?;
+        let m = args.mac.0;
+        log::info!(
+            "tap {name}: {} queue pair(s) of up to {}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}",
+            args.queue_pairs,
+            args.queue_size,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            args.mtu
+        );
+        Ok(NetBackend::new(
+            taps,
+            NetOptions {
+                mac: m,
+                queue_pairs: args.queue_pairs,
+                queue_size: args.queue_size,
+                mtu: args.mtu,
+            },
+        ))
+    })
+}

@@ -1,0 +1,743 @@
+//! The vhost-user-net device over a tap: queue pair i (rx = 2i, tx = 2i+1)
+//! is served by worker thread i together with tap queue fd i; the control
+//! queue (2N) sits on thread 0.
+//!
+//! Tap fds are custom events (data TAP_EVENT = num_queues + 1) on each
+//! connection's worker epolls: [`Hooked::connected`] registers them when the
+//! connection's daemon is created. RX reads a frame only when it can be
+//! delivered: when the guest has no buffers the frame is kept, the tap fd is
+//! taken off the epoll, and the next RX kick (or ring start) puts it back.
+
+use crate::serve::Hooked;
+use crate::tap::{self, TapQueue, VNET_HDR_LEN};
+use crate::vnet::{self, Header};
+use splitvm_common::daemon::{new_exit_event, GuestMemory, GuestMemoryHandle, Vring};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+/// A tap read buffer: the largest GSO frame plus its header, with room to spare.
+const RX_BUF: usize = 128 * 1024;
+/// Frames taken off one tap per event before the worker looks at its other rings.
+const RX_BUDGET: usize = 256;
+
+/// What the operator chose on the command line.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub mac: [u8; 6],
+    pub queue_pairs: u16,
+    pub queue_size: u16,
+    pub mtu: u16,
+}
+
+/// Drop and error counters (logged at disconnect and, rate limited, as they happen).
+#[derive(Default)]
+pub struct Stats {
+    pub tx_frames: AtomicU64,
+    pub rx_frames: AtomicU64,
+    pub tx_dropped: AtomicU64,
+    pub rx_dropped: AtomicU64,
+}
+
+/// Logs the first few drops, then every 100th.
+fn note_drop(counter: &AtomicU64, dir: &str, why: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 5 || n.is_multiple_of(100) {
+        log::warn!("{dir}: frame dropped ({why}); {n} {dir} drops so far");
+    } else {
+        log::debug!("{dir}: frame dropped ({why})");
+    }
+}
+
+/// RX state of one pair.
+struct Rx {
+    buf: Vec<u8>,
+    /// Length of a frame read from the tap but not yet delivered (0: none).
+    pending: usize,
+    /// Whether the tap fd is on this connection's worker epoll.
+    polled: bool,
+}
+
+struct Pair {
+    tap: TapQueue,
+    rx: Mutex<Rx>,
+    attached: AtomicBool,
+}
+
+/// The device back end; clones share everything (one clone per connection).
+#[derive(Clone)]
+pub struct NetBackend {
+    opts: Arc<NetOptions>,
+    pairs: Arc<Vec<Pair>>,
+    mem: Arc<RwLock<Option<GuestMemoryHandle>>>,
+    acked: Arc<AtomicU64>,
+    event_idx: Arc<AtomicBool>,
+    active_pairs: Arc<AtomicU16>,
+    handlers: Arc<Mutex<Vec<Arc<VringEpollHandler<NetBackend>>>>>,
+    pub stats: Arc<Stats>,
+}
+
+enum RxOutcome {
+    Delivered,
+    Dropped,
+    NoBuffers,
+}
+
+impl NetBackend {
+    pub fn new(taps: Vec<TapQueue>, opts: NetOptions) -> Self {
+        let pairs = taps
+            .into_iter()
+            .map(|tap| Pair {
+                tap,
+                rx: Mutex::new(Rx {
+                    buf: vec![0u8; RX_BUF],
+                    pending: 0,
+                    polled: false,
+                }),
+                attached: AtomicBool::new(true),
+            })
+            .collect();
+        NetBackend {
+            opts: Arc::new(opts),
+            pairs: Arc::new(pairs),
+            mem: Arc::new(RwLock::new(None)),
+            acked: Arc::new(AtomicU64::new(0)),
+            event_idx: Arc::new(AtomicBool::new(false)),
+            active_pairs: Arc::new(AtomicU16::new(1)),
+            handlers: Arc::new(Mutex::new(Vec::new())),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    fn n_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn ctrl_index(&self) -> usize {
+        2 * self.n_pairs()
+    }
+
+    fn tap_event(&self) -> u16 {
+        (self.num_queues() + 1) as u16
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.acked.load(Ordering::Relaxed) & (1u64 << bit) != 0
+    }
+
+    fn memory(&self) -> Option<vm_memory::GuestMemoryLoadGuard<GuestMemory>> {
+        self.mem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.memory())
+    }
+
+    /// Puts tap `i` on (or takes it off) this connection's worker epoll.
+    fn poll_tap(&self, i: usize, rx: &mut Rx, on: bool) {
+        if rx.polled == on {
+            return;
+        }
+        let handlers = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = handlers.get(i) else {
+            return;
+        };
+        let fd = self.pairs[i].tap.as_raw_fd();
+        let ev = u64::from(self.tap_event());
+        let r = if on {
+            h.register_listener(fd, EventSet::IN, ev)
+        } else {
+            h.unregister_listener(fd, EventSet::IN, ev)
+        };
+        match r {
+            Ok(()) => rx.polled = on,
+            Err(e) => log::warn!("tap queue {i}: cannot change epoll registration: {e}"),
+        }
+    }
+
+    /// Attaches tap queues 0..n and detaches the rest, so the kernel steers
+    /// frames only to pairs the guest uses.
+    fn set_active_pairs(&self, n: usize) {
+        self.active_pairs.store(n as u16, Ordering::Relaxed);
+        for (i, p) in self.pairs.iter().enumerate().skip(1) {
+            let want = i < n;
+            if p.attached.load(Ordering::Relaxed) != want {
+                match p.tap.set_attached(want) {
+                    Ok(()) => p.attached.store(want, Ordering::Relaxed),
+                    Err(e) => log::warn!("tap queue {i}: cannot attach/detach: {e}"),
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- RX
+
+    fn process_rx(&self, i: usize, vring: &Vring) -> io::Result<()> {
+        let pair = &self.pairs[i];
+        let mut rx = pair.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let ready = {
+            let st = vring.get_ref();
+            st.get_queue().ready() && st.is_enabled()
+        };
+        let Some(guard) = self.memory().filter(|_| ready) else {
+            // Nowhere to put frames: stop reading until the ring starts.
+            self.poll_tap(i, &mut rx, false);
+            return Ok(());
+        };
+        let mem: &GuestMemory = &guard;
+        let mut used = false;
+        let mut budget = RX_BUDGET;
+        loop {
+            if rx.pending == 0 {
+                if budget == 0 {
+                    // More may be queued: come back through the epoll.
+                    self.poll_tap(i, &mut rx, true);
+                    break;
+                }
+                budget -= 1;
+                match pair.tap.read(&mut rx.buf) {
+                    Ok(n) if n < VNET_HDR_LEN + 14 => {
+                        note_drop(&self.stats.rx_dropped, "rx", "short frame from the tap");
+                        continue;
+                    }
+                    Ok(n) => rx.pending = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.poll_tap(i, &mut rx, true);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // E.g. EBADFD on a detached queue: nothing to read here.
+                        log::debug!("tap queue {i}: read: {e}");
+                        self.poll_tap(i, &mut rx, false);
+                        break;
+                    }
+                }
+            }
+            let len = rx.pending;
+            match self.deliver(mem, vring, &mut rx.buf[..len]) {
+                RxOutcome::Delivered => {
+                    rx.pending = 0;
+                    used = true;
+                    self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                RxOutcome::Dropped => {
+                    rx.pending = 0;
+                    used = true;
+                }
+                RxOutcome::NoBuffers => {
+                    // Ask for a kick when buffers come; re-check for a race.
+                    if vring.enable_notification().map_err(io::Error::other)? {
+                        continue;
+                    }
+                    self.poll_tap(i, &mut rx, false);
+                    break;
+                }
+            }
+        }
+        if used && vring.needs_notification().unwrap_or(true) {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Puts one frame (vnet header first) into the guest's RX buffers.
+    fn deliver(&self, mem: &GuestMemory, vring: &Vring, frame: &mut [u8]) -> RxOutcome {
+        let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
+        if !self.has(VIRTIO_NET_F_GUEST_CSUM) {
+            // The tap checksummed everything (no TUN_F_CSUM): no flags to pass on.
+            frame[0] = 0;
+        }
+        let queue_size = usize::from(vring.get_ref().get_queue().size());
+        let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
+        let mut cap = 0usize;
+        let mut bad = false;
+        while cap < frame.len() {
+            if !mrg && !chains.is_empty() {
+                break;
+            }
+            if chains.len() >= queue_size {
+                break;
+            }
+            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
+                // Out of buffers: give back what was taken; the frame waits.
+                for _ in 0..chains.len() {
+                    vring.get_mut().get_queue_mut().go_to_previous_position();
+                }
+                return RxOutcome::NoBuffers;
+            };
+            let head = chain.head_index();
+            let segs = writable_segments(mem, chain);
+            match segs {
+                Some(segs) => {
+                    cap += segs.iter().map(|s| s.1).sum::<usize>();
+                    chains.push((head, segs));
+                }
+                None => {
+                    chains.push((head, Vec::new()));
+                    bad = true;
+                    break;
+                }
+            }
+        }
+        if bad {
+            // A chain outside guest memory: drop the frame, return the chains empty.
+            for (head, _) in &chains {
+                let _ = vring.add_used(*head, 0);
+            }
+            note_drop(
+                &self.stats.rx_dropped,
+                "rx",
+                "receive buffer outside guest memory or not device-writable",
+            );
+            return RxOutcome::Dropped;
+        }
+        if cap < frame.len() {
+            // Larger than the buffers: drop the frame and hand the buffers back
+            // empty (kept at the ring's head they would drop every later frame).
+            for (head, _) in &chains {
+                let _ = vring.add_used(*head, 0);
+            }
+            note_drop(
+                &self.stats.rx_dropped,
+                "rx",
+                &format!(
+                    "{}-byte frame larger than the {cap}-byte receive buffers",
+                    frame.len()
+                ),
+            );
+            return RxOutcome::Dropped;
+        }
+        let nbufs = chains.len() as u16;
+        frame[10..12].copy_from_slice(&nbufs.to_le_bytes());
+        let mut pos = 0usize;
+        for (head, segs) in &chains {
+            let mut written = 0usize;
+            for &(addr, len) in segs {
+                if pos >= frame.len() {
+                    break;
+                }
+                let n = len.min(frame.len() - pos);
+                if mem.write_slice(&frame[pos..pos + n], addr).is_err() {
+                    // Checked above; the memory map cannot change under us.
+                    break;
+                }
+                pos += n;
+                written += n;
+            }
+            if let Err(e) = vring.add_used(*head, written as u32) {
+                log::warn!("rx: cannot complete buffer {head}: {e}");
+            }
+        }
+        RxOutcome::Delivered
+    }
+
+    // ---------------------------------------------------------------- TX
+
+    fn process_tx(&self, i: usize, vring: &Vring) -> io::Result<()> {
+        let Some(guard) = self.memory() else {
+            return Ok(());
+        };
+        let mem: &GuestMemory = &guard;
+        let acked = self.acked.load(Ordering::Relaxed);
+        let pair = &self.pairs[i];
+        let mut done = 0usize;
+        loop {
+            // (A `while let` would hold the ring's lock across add_used.)
+            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match self.transmit(mem, pair, acked, chain) {
+                Ok(()) => {
+                    self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => note_drop(&self.stats.tx_dropped, "tx", &why),
+            }
+            if let Err(e) = vring.add_used(head, 0) {
+                log::warn!("tx: cannot complete buffer {head}: {e}");
+            }
+            done += 1;
+        }
+        if done > 0 && vring.needs_notification().unwrap_or(true) {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn transmit(
+        &self,
+        mem: &GuestMemory,
+        pair: &Pair,
+        acked: u64,
+        chain: DescriptorChain<&GuestMemory>,
+    ) -> Result<(), String> {
+        let mut segs = Vec::new();
+        let mut total = 0usize;
+        for d in chain {
+            if d.is_write_only() {
+                return Err("device-writable buffer in a transmit chain".into());
+            }
+            let len = d.len() as usize;
+            if !mem.check_range(d.addr(), len) {
+                return Err("transmit buffer outside guest memory".into());
+            }
+            total += len;
+            if total > VNET_HDR_LEN + vnet::MAX_FRAME {
+                return Err(format!("frame of more than {} bytes", vnet::MAX_FRAME));
+            }
+            segs.push((d.addr(), len));
+        }
+        if total < VNET_HDR_LEN {
+            return Err(format!("{total}-byte chain is shorter than the header"));
+        }
+        // Copy the header out (so what is checked is what the tap gets).
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let mut got = 0usize;
+        let mut iovs = Vec::with_capacity(segs.len() + 1);
+        iovs.push(libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: VNET_HDR_LEN,
+        });
+        for &(addr, len) in &segs {
+            let mut addr = addr;
+            let mut len = len;
+            if got < VNET_HDR_LEN {
+                let n = len.min(VNET_HDR_LEN - got);
+                mem.read_slice(&mut hdr[got..got + n], addr)
+                    .map_err(|e| format!("reading the header: {e}"))?;
+                got += n;
+                addr = GuestAddress(addr.0 + n as u64);
+                len -= n;
+            }
+            if len == 0 {
+                continue;
+            }
+            for s in mem.get_slices(addr, len) {
+                let s = s.map_err(|e| format!("transmit buffer: {e}"))?;
+                iovs.push(libc::iovec {
+                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: s.len(),
+                });
+            }
+        }
+        hdr[10] = 0;
+        hdr[11] = 0;
+        Header::parse(&hdr)
+            .check_tx(acked, total - VNET_HDR_LEN)
+            .map_err(|e| format!("bad virtio-net header: {e}"))?;
+        if !pair.attached.load(Ordering::Relaxed) {
+            // A front end that ran the control queue itself (QEMU) uses this
+            // pair without telling us: attach it.
+            if pair.tap.set_attached(true).is_ok() {
+                pair.attached.store(true, Ordering::Relaxed);
+            }
+        }
+        loop {
+            match pair.tap.writev(&iovs) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("tap refused the frame: {e}")),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- control
+
+    fn process_ctrl(&self, vring: &Vring) -> io::Result<()> {
+        let Some(guard) = self.memory() else {
+            return Ok(());
+        };
+        let mem: &GuestMemory = &guard;
+        let mut done = 0usize;
+        loop {
+            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut cmd = Vec::new();
+            let mut ack_addr = None;
+            let mut bad = false;
+            for d in chain {
+                if d.is_write_only() {
+                    if d.len() >= 1 {
+                        ack_addr = Some(GuestAddress(d.addr().0 + u64::from(d.len()) - 1));
+                    }
+                } else if ack_addr.is_none() && cmd.len() + (d.len() as usize) <= 64 * 1024 {
+                    let start = cmd.len();
+                    cmd.resize(start + d.len() as usize, 0);
+                    if mem.read_slice(&mut cmd[start..], d.addr()).is_err() {
+                        bad = true;
+                    }
+                } else {
+                    bad = true;
+                }
+            }
+            let status = if bad || cmd.len() < 2 {
+                log::warn!("control queue: malformed command (head {head})");
+                VIRTIO_NET_ERR
+            } else {
+                self.control(cmd[0], cmd[1], &cmd[2..])
+            };
+            let used = match ack_addr {
+                Some(a) if mem.write_obj(status as u8, a).is_ok() => 1,
+                _ => 0,
+            };
+            if let Err(e) = vring.add_used(head, used) {
+                log::warn!("control queue: cannot complete {head}: {e}");
+            }
+            done += 1;
+        }
+        if done > 0 && vring.needs_notification().unwrap_or(true) {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn control(&self, class: u8, cmd: u8, data: &[u8]) -> u32 {
+        match (u32::from(class), u32::from(cmd)) {
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) => {
+                if !self.has(VIRTIO_NET_F_MQ) || data.len() < 2 {
+                    return VIRTIO_NET_ERR;
+                }
+                let n = usize::from(u16::from_le_bytes([data[0], data[1]]));
+                if n == 0 || n > self.n_pairs() {
+                    log::warn!(
+                        "control queue: {n} queue pairs asked, {} exist",
+                        self.n_pairs()
+                    );
+                    return VIRTIO_NET_ERR;
+                }
+                log::info!("guest uses {n} queue pair(s)");
+                self.set_active_pairs(n);
+                VIRTIO_NET_OK
+            }
+            // The tap sees every frame anyway; filters are the guest's business.
+            (VIRTIO_NET_CTRL_RX, _) | (VIRTIO_NET_CTRL_MAC, _) | (VIRTIO_NET_CTRL_ANNOUNCE, _) => {
+                VIRTIO_NET_OK
+            }
+            (c, m) => {
+                log::debug!("control queue: unsupported command {c}/{m}");
+                VIRTIO_NET_ERR
+            }
+        }
+    }
+
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = Vec::with_capacity(12);
+        c.extend_from_slice(&self.opts.mac);
+        c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        c.extend_from_slice(&self.opts.queue_pairs.to_le_bytes());
+        c.extend_from_slice(&self.opts.mtu.to_le_bytes());
+        c
+    }
+
+    /// Runs `f` on `vring` until the guest queued nothing more (EVENT_IDX-safe).
+    fn drain(&self, vring: &Vring, f: impl Fn(&Vring) -> io::Result<()>) -> io::Result<()> {
+        if self.event_idx.load(Ordering::Relaxed) {
+            loop {
+                vring.disable_notification().map_err(io::Error::other)?;
+                f(vring)?;
+                if !vring.enable_notification().map_err(io::Error::other)? {
+                    return Ok(());
+                }
+            }
+        } else {
+            f(vring)
+        }
+    }
+
+    pub fn log_stats(&self) {
+        let s = &self.stats;
+        log::info!(
+            "tx {} frames ({} dropped), rx {} frames ({} dropped)",
+            s.tx_frames.load(Ordering::Relaxed),
+            s.tx_dropped.load(Ordering::Relaxed),
+            s.rx_frames.load(Ordering::Relaxed),
+            s.rx_dropped.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The device-writable (addr, len) segments of a receive chain; None when a
+/// segment lies outside guest memory or the chain has no writable space.
+fn writable_segments(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+) -> Option<Vec<(GuestAddress, usize)>> {
+    let mut segs = Vec::new();
+    for d in chain {
+        if !d.is_write_only() {
+            continue;
+        }
+        let len = d.len() as usize;
+        if !mem.check_range(d.addr(), len) {
+            return None;
+        }
+        if len > 0 {
+            segs.push((d.addr(), len));
+        }
+    }
+    if segs.is_empty() {
+        return None;
+    }
+    Some(segs)
+}
+
+impl Hooked for NetBackend {
+    fn connected(&self, handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
+        *self.handlers.lock().unwrap_or_else(|p| p.into_inner()) = handlers.to_vec();
+        for (i, pair) in self.pairs.iter().enumerate() {
+            let mut rx = pair.rx.lock().unwrap_or_else(|p| p.into_inner());
+            // A fresh epoll: nothing is registered on it yet.
+            rx.polled = false;
+            self.poll_tap(i, &mut rx, true);
+            if !rx.polled {
+                return Err(io::Error::other(format!(
+                    "cannot poll tap queue {i} on worker {i}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn disconnected(&self) {
+        // Break the handler -> backend -> handler cycle so the epolls close.
+        self.handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.log_stats();
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.n_pairs() + 1
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.opts.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_MTU
+            | 1 << VIRTIO_NET_F_CTRL_VQ
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_NET_F_HOST_TSO4
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            | 1 << VIRTIO_NET_F_GUEST_TSO4
+            | 1 << VIRTIO_NET_F_GUEST_TSO6
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.n_pairs() > 1 {
+            f |= 1 << VIRTIO_NET_F_MQ;
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        let mut off = 0;
+        if has(VIRTIO_NET_F_GUEST_CSUM) {
+            off |= tap::TUN_F_CSUM;
+            if has(VIRTIO_NET_F_GUEST_TSO4) {
+                off |= tap::TUN_F_TSO4;
+            }
+            if has(VIRTIO_NET_F_GUEST_TSO6) {
+                off |= tap::TUN_F_TSO6;
+            }
+            if has(VIRTIO_NET_F_GUEST_ECN) {
+                off |= tap::TUN_F_TSO_ECN;
+            }
+        }
+        if let Err(e) = self.pairs[0].tap.set_offload(off) {
+            log::warn!("cannot set tap offloads {off:#x}: {e}");
+        }
+        // Only the first pair is in use until VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET.
+        self.set_active_pairs(1);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_space();
+        let start = (offset as usize).min(c.len());
+        let end = (offset as usize).saturating_add(size as usize).min(c.len());
+        let mut out = c[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&self, mem: GuestMemoryHandle) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.n_pairs())
+            .map(|i| {
+                let mut m = 0b11u64 << (2 * i);
+                if i == 0 {
+                    m |= 1 << self.ctrl_index();
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_exit_event()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let i = thread_id;
+        if i >= self.n_pairs() {
+            return Err(io::Error::other(format!("unknown worker {i}")));
+        }
+        if device_event == self.tap_event() {
+            return self.process_rx(i, &vrings[0]);
+        }
+        match device_event {
+            0 => self.process_rx(i, &vrings[0]),
+            1 => self.drain(&vrings[1], |v| self.process_tx(i, v)),
+            2 if i == 0 => self.drain(&vrings[2], |v| self.process_ctrl(v)),
+            e => Err(io::Error::other(format!("unknown event {e}"))),
+        }
+    }
+}
