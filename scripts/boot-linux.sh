@@ -14,6 +14,7 @@
 #                    when virtio drivers are modules)
 #   WORK             scratch directory (default build/boot-linux)
 #   BOOT_TIMEOUT     seconds before the boot counts as hung (default 180)
+#   TAP              tap for vhost-user-net (default svmboot0, created if missing)
 #   FORCE=1          try even when KVM looks software-only
 # Exit: 0 pass, 1 fail, 77 skipped.
 set -euo pipefail
@@ -102,7 +103,14 @@ echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/q bs=4096 skip=256 count=16 iflag=direct 2>/dev/null || fail "read from vda"
 cmp /tmp/p /tmp/q || fail "vda read back differs"
 echo "blk OK"
-if [ -n "$(ls /sys/class/net | grep -v '^lo$')" ]; then echo "net OK: $(ls /sys/class/net | tr '\n' ' ')"; else [ "$WANT_NET" = 1 ] && fail "no network interface"; fi
+if [ "$WANT_NET" = 1 ]; then
+    [ -e /sys/class/net/eth0 ] || fail "no eth0"
+    mac=$(cat /sys/class/net/eth0/address)
+    echo "net: eth0 $mac"
+    [ -z "$WANT_MAC" ] || [ "$mac" = "$WANT_MAC" ] || fail "eth0 MAC $mac, back end says $WANT_MAC"
+    ip link set eth0 up || fail "eth0 up"
+    echo "net OK"
+fi
 [ -c /dev/hwrng ] || fail "no /dev/hwrng"
 n=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)
 [ "$n" -eq 64 ] || fail "hwrng gave $n bytes"
@@ -133,9 +141,11 @@ else
 fi
 devices+=(--device "rng,socket=$WORK/$rng_sock")
 want_net=0
+want_mac=
 if [ -x "$BIN_DIR/vhost-user-net" ]; then
-    "$BIN_DIR/vhost-user-net" --socket net.sock 2>net.log & pids+=($!)
-    devices+=(--device "net,socket=$WORK/net.sock"); want_net=1
+    "$BIN_DIR/vhost-user-net" --socket net.sock --tap "${TAP:-svmboot0}" \
+        --mac 52:54:00:12:34:56 2>net.log & pids+=($!)
+    devices+=(--device "net,socket=$WORK/net.sock"); want_net=1; want_mac=52:54:00:12:34:56
 elif command -v dpdk-testpmd >/dev/null; then
     sleep 600 | dpdk-testpmd --no-huge -m 512 --total-num-mbufs=8192 -l 0-1 \
         --vdev "net_vhost0,iface=$WORK/net.sock" -- --forward-mode=io >net.log 2>&1 & pids+=($!)
@@ -152,7 +162,7 @@ done
 say "booting $KERNEL"
 set +e
 timeout "$BOOT_TIMEOUT" "$BIN_DIR/vmm" --kernel "$KERNEL" --initramfs initramfs.gz \
-    --cmdline "console=ttyS0 reboot=k panic=-1 WANT_NET=$want_net" \
+    --cmdline "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 WANT_NET=$want_net WANT_MAC=$want_mac" \
     --memory 512M --cpus 2 "${devices[@]}" --serial file="$WORK/serial.log" 2>vmm.log
 rc=$?
 set -e
