@@ -8,16 +8,16 @@
 //! delivered: when the guest has no buffers the frame is kept, the tap fd is
 //! taken off the epoll, and the next RX kick (or ring start) puts it back.
 
-use crate::serve::Hooked;
 use crate::tap::{self, TapQueue, VNET_HDR_LEN};
 use crate::vnet::{self, Header};
 use splitvm_common::daemon::{new_exit_event, GuestMemory, GuestMemoryHandle, Vring};
+use splitvm_common::worker::WorkerHandle;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -83,7 +83,7 @@ pub struct NetBackend {
     acked: Arc<AtomicU64>,
     event_idx: Arc<AtomicBool>,
     active_pairs: Arc<AtomicU16>,
-    handlers: Arc<Mutex<Vec<Arc<VringEpollHandler<NetBackend>>>>>,
+    workers: Arc<Mutex<Vec<WorkerHandle>>>,
     pub stats: Arc<Stats>,
 }
 
@@ -114,7 +114,7 @@ impl NetBackend {
             acked: Arc::new(AtomicU64::new(0)),
             event_idx: Arc::new(AtomicBool::new(false)),
             active_pairs: Arc::new(AtomicU16::new(1)),
-            handlers: Arc::new(Mutex::new(Vec::new())),
+            workers: Arc::new(Mutex::new(Vec::new())),
             stats: Arc::new(Stats::default()),
         }
     }
@@ -148,8 +148,8 @@ impl NetBackend {
         if rx.polled == on {
             return;
         }
-        let handlers = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(h) = handlers.get(i) else {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = workers.get(i) else {
             return;
         };
         let fd = self.pairs[i].tap.as_raw_fd();
@@ -352,11 +352,8 @@ impl NetBackend {
         let acked = self.acked.load(Ordering::Relaxed);
         let pair = &self.pairs[i];
         let mut done = 0usize;
-        loop {
-            // (A `while let` would hold the ring's lock across add_used.)
-            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
-                break;
-            };
+        // (pop_chain releases the ring's lock before add_used takes it.)
+        while let Some(chain) = vring.pop_chain(mem) {
             let head = chain.head_index();
             match self.transmit(mem, pair, acked, chain) {
                 Ok(()) => {
@@ -460,10 +457,7 @@ impl NetBackend {
         };
         let mem: &GuestMemory = &guard;
         let mut done = 0usize;
-        loop {
-            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
-                break;
-            };
+        while let Some(chain) = vring.pop_chain(mem) {
             let head = chain.head_index();
             let mut cmd = Vec::new();
             let mut ack_addr = None;
@@ -594,12 +588,13 @@ fn writable_segments(
     Some(segs)
 }
 
-impl Hooked for NetBackend {
-    fn connected(&self, handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
-        *self.handlers.lock().unwrap_or_else(|p| p.into_inner()) = handlers.to_vec();
+impl NetBackend {
+    /// `run_with`'s start hook: worker i watches tap queue i (the workers
+    /// live as long as the daemon, across front ends).
+    pub fn start(&self, workers: &[WorkerHandle]) -> io::Result<()> {
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers.to_vec();
         for (i, pair) in self.pairs.iter().enumerate() {
             let mut rx = pair.rx.lock().unwrap_or_else(|p| p.into_inner());
-            // A fresh epoll: nothing is registered on it yet.
             rx.polled = false;
             self.poll_tap(i, &mut rx, true);
             if !rx.polled {
@@ -609,15 +604,6 @@ impl Hooked for NetBackend {
             }
         }
         Ok(())
-    }
-
-    fn disconnected(&self) {
-        // Break the handler -> backend -> handler cycle so the epolls close.
-        self.handlers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.log_stats();
     }
 }
 
@@ -676,6 +662,11 @@ impl VhostUserBackend for NetBackend {
         }
         // Only the first pair is in use until VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET.
         self.set_active_pairs(1);
+    }
+
+    fn reset_device(&self) {
+        // The front end went away (or reset the device).
+        self.log_stats();
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

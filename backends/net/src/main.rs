@@ -1,7 +1,6 @@
 //! vhost-user-net: splitvm's network device back end over a tap.
 
 mod backend;
-mod serve;
 mod tap;
 mod vnet;
 
@@ -84,7 +83,7 @@ fn main() -> ExitCode {
         device_type: "net",
         features: vec![],
     };
-    serve::run("vhost-user-net", &args.daemon, caps, || {
+    let setup = || -> Result<NetBackend, Box<dyn std::error::Error>> {
         let name = args.tap.as_deref().ok_or("--tap is required")?;
         let taps = tap::open(name, usize::from(args.queue_pairs))?;
         let m = args.mac.0;
@@ -109,5 +108,8 @@ fn main() -> ExitCode {
                 mtu: args.mtu,
             },
         ))
+    };
+    splitvm_common::daemon::run_with("vhost-user-net", &args.daemon, caps, setup, |b, w| {
+        b.start(w)
     })
 }

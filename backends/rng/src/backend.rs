@@ -4,16 +4,16 @@
 //! spent, requests wait in the ring (never fail) until a timerfd on the
 //! worker's epoll says the next period has begun.
 
-use crate::serve::Hooked;
 use crate::source::Source;
 use splitvm_common::daemon::{new_exit_event, GuestMemoryHandle, Vring};
+use splitvm_common::worker::WorkerHandle;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
@@ -172,11 +172,7 @@ impl RngBackend {
                     break;
                 }
             }
-            let Some(chain) = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone())
-            else {
+            let Some(chain) = vring.pop_chain(mem.clone()) else {
                 break;
             };
             let head = chain.head_index();
@@ -255,12 +251,11 @@ impl RngBackend {
     }
 }
 
-impl Hooked for RngBackend {
-    fn connected(&self, handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
-        // The timer outlives connections: register it on each new worker epoll.
-        // A period that ended while nobody listened is harmless: the level-
-        // triggered fd fires once, the queue is looked at, nothing waits.
-        handlers
+impl RngBackend {
+    /// `run_with`'s start hook: puts the rate-limit timer on the worker's
+    /// epoll (the workers live as long as the daemon, across front ends).
+    pub fn start(&self, workers: &[WorkerHandle]) -> io::Result<()> {
+        workers
             .first()
             .ok_or_else(|| io::Error::other("no worker thread"))?
             .register_listener(
@@ -268,14 +263,6 @@ impl Hooked for RngBackend {
                 EventSet::IN,
                 u64::from(TIMER_EVENT),
             )
-    }
-
-    fn disconnected(&self) {
-        log::info!(
-            "{} bytes of entropy served so far, {} bad requests",
-            self.served.load(Ordering::Relaxed),
-            self.bad.load(Ordering::Relaxed)
-        );
     }
 }
 
@@ -302,6 +289,14 @@ impl VhostUserBackend for RngBackend {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn reset_device(&self) {
+        log::info!(
+            "{} bytes of entropy served so far, {} bad requests",
+            self.served.load(Ordering::Relaxed),
+            self.bad.load(Ordering::Relaxed)
+        );
     }
 
     fn set_event_idx(&self, enabled: bool) {

@@ -1,7 +1,6 @@
 //! vhost-user-rng: splitvm's entropy device back end.
 
 mod backend;
-mod serve;
 mod source;
 
 use backend::{RateLimit, RngBackend};
@@ -51,7 +50,7 @@ fn main() -> ExitCode {
         device_type: "rng",
         features: vec![],
     };
-    serve::run("vhost-user-rng", &args.daemon, caps, || {
+    let setup = || -> Result<RngBackend, Box<dyn std::error::Error>> {
         let source = source::Source::open(&args.source)?;
         let limit = match (args.max_bytes, args.period_ms) {
             (Some(max_bytes), Some(ms)) => Some(RateLimit {
@@ -70,5 +69,8 @@ fn main() -> ExitCode {
             None => log::info!("entropy from {}, no rate limit", source.describe()),
         }
         Ok(RngBackend::new(source, limit, args.queue_size)?)
+    };
+    splitvm_common::daemon::run_with("vhost-user-rng", &args.daemon, caps, setup, |b, w| {
+        b.start(w)
     })
 }
