@@ -37,9 +37,13 @@ fn make_image(dir: &TempDir) -> PathBuf {
 }
 
 fn run_guest(blk_sock: &Path, rng_sock: &Path, cpus: &str) -> VmmRun {
-    let guest = test_guest();
     let blk = format!("blk,socket={}", blk_sock.display());
     let rng = format!("rng,socket={}", rng_sock.display());
+    run_guest_with(&blk, &rng, cpus)
+}
+
+fn run_guest_with(blk: &str, rng: &str, cpus: &str) -> VmmRun {
+    let guest = test_guest();
     let run = run_vmm(
         &[
             "--kernel",
@@ -51,9 +55,9 @@ fn run_guest(blk_sock: &Path, rng_sock: &Path, cpus: &str) -> VmmRun {
             "--cpus",
             cpus,
             "--device",
-            &blk,
+            blk,
             "--device",
-            &rng,
+            rng,
         ],
         Duration::from_secs(120),
     );
@@ -176,4 +180,89 @@ fn test_guest_with_third_party_backends() {
     );
     blk.kill();
     check_image(&img);
+}
+
+/// The same devices as `generic` ones: the proxy has no per-type code, so
+/// an explicit virtio id (and config size, for blk) is all it needs.
+#[test]
+fn test_guest_with_generic_devices() {
+    let dir = TempDir::new("vmm-guest-generic");
+    let img = make_image(&dir);
+    let blk_sock = dir.path("blk.sock");
+    let mut blk = Proc::spawn(
+        "vhost-user-blk",
+        Command::new(bin("vhost-user-blk"))
+            .arg("--socket")
+            .arg(&blk_sock)
+            .arg("--image")
+            .arg(&img)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_socket(&blk_sock, &mut blk);
+    let (_rng, rng_sock) = start_rng(&dir, true);
+    let run = run_guest_with(
+        &format!(
+            "generic,virtio-id=2,config-size=60,socket={}",
+            blk_sock.display()
+        ),
+        &format!("generic,virtio-id=4,socket={}", rng_sock.display()),
+        "1",
+    );
+    assert!(
+        run.stdout.contains("blk@0xd0000000: PASS"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stdout.contains("rng@0xd0001000: PASS"),
+        "{}",
+        run.dump()
+    );
+    check_image(&img);
+}
+
+/// A back end that goes away after the handshake: the guest's driver sees
+/// the device fail, the VMM keeps running and ends normally at the reset.
+#[test]
+fn backend_gone_before_driver_ok_does_not_kill_vmm() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("vmm-guest-gone");
+    let sock = dir.path("gone.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        // SET_OWNER, then GET_FEATURES: answer VERSION_1 only, then hang up.
+        for _ in 0..2 {
+            let mut hdr = [0u8; 12];
+            c.read_exact(&mut hdr).unwrap();
+            let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+            let mut body = vec![0u8; size];
+            c.read_exact(&mut body).unwrap();
+            if u32::from_le_bytes(hdr[0..4].try_into().unwrap()) == 1 {
+                let mut m = vec![1, 0, 0, 0, 5, 0, 0, 0, 8, 0, 0, 0];
+                m.extend_from_slice(&(1u64 << 32).to_le_bytes());
+                c.write_all(&m).unwrap();
+            }
+        }
+    });
+    let guest = test_guest();
+    let dev = format!("rng,socket={}", sock.display());
+    let run = run_vmm(
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--device",
+            &dev,
+        ],
+        Duration::from_secs(120),
+    );
+    t.join().unwrap();
+    assert!(run.status.success(), "{}", run.dump());
+    assert!(run.stdout.contains("SPLITVM-GUEST FAIL"), "{}", run.dump());
+    assert!(run.stderr.contains("disconnected"), "{}", run.dump());
+    assert!(run.stderr.contains("reset (i8042)"), "{}", run.dump());
+    assert!(!run.stderr.contains("panicked"), "{}", run.dump());
 }

@@ -239,7 +239,7 @@ impl VhostUserProxy {
     /// Forgets the connection; the device model keeps its state.
     pub fn mark_disconnected(&mut self, why: &str) {
         if !matches!(self.state, ConnState::Disconnected(_)) {
-            log::warn!("{}: back end disconnected: {why}", self.socket.display());
+            log::info!("{}: back end disconnected: {why}", self.socket.display());
         }
         self.state = ConnState::Disconnected(why.to_string());
         self.frontend = None;
