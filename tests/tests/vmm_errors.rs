@@ -237,3 +237,21 @@ fn kernel_larger_than_memory() {
         "does not fit in guest memory",
     );
 }
+
+#[test]
+fn api_socket_in_use() {
+    let dir = TempDir::new("vmm-err-api");
+    let g = tiny_guest(&dir);
+    let api = dir.path("api.sock");
+    let _live = UnixListener::bind(&api).unwrap();
+    expect_error(
+        &["--kernel", &g, "--api-socket", api.to_str().unwrap()],
+        "is in use",
+    );
+    let file = dir.path("plain");
+    std::fs::write(&file, "x").unwrap();
+    expect_error(
+        &["--kernel", &g, "--api-socket", file.to_str().unwrap()],
+        "not a socket",
+    );
+}

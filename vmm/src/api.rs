@@ -20,6 +20,8 @@ use crate::vm::VmInfo;
 pub enum ApiError {
     #[error("cannot listen on API socket {0}")]
     Bind(String, #[source] std::io::Error),
+    #[error("API socket {0} is in use by a running process")]
+    InUse(String),
     #[error("API socket path {0} exists and is not a socket")]
     NotASocket(String),
 }
@@ -34,6 +36,9 @@ impl ApiServer {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ApiError::NotASocket(name));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(ApiError::InUse(name));
             }
             // A stale socket from an earlier run.
             let _ = std::fs::remove_file(path);

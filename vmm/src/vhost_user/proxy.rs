@@ -195,7 +195,7 @@ impl VhostUserProxy {
         if config_size > 0 && protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             let buf = vec![0u8; config_size as usize];
             let (_, payload) = fe
-                .get_config(0, config_size, VhostUserConfigFlags::WRITABLE, &buf)
+                .get_config(0, config_size, VhostUserConfigFlags::empty(), &buf)
                 .map_err(step("GET_CONFIG"))?;
             config = payload;
         }
@@ -271,6 +271,7 @@ impl VhostUserProxy {
     }
 
     /// Writes device config through SET_CONFIG (when CONFIG was negotiated).
+    /// Flags 0: VHOST_SET_CONFIG_TYPE_FRONTEND (1 would mean migration).
     pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
         if !self
             .info
@@ -282,7 +283,7 @@ impl VhostUserProxy {
         self.ack(true);
         let r = self
             .fe()?
-            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+            .set_config(offset, VhostUserConfigFlags::empty(), data)
             .map_err(step("SET_CONFIG"));
         self.ack(false);
         r
