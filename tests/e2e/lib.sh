@@ -166,6 +166,7 @@ e2e_boot_guest() {
     e2e_qemu_base
     local cmd=("${E2E_QEMU_BASE[@]}"
         -append "console=ttyS0 panic=-1 quiet splitvmtest=$test splitvmtimeout=$((E2E_TIMEOUT - 15)) $params"
+        -d guest_errors,cpu_reset -D "$E2E_LOGS/$label.qemu-debug.log"
         "$@")
     echo "+ ${cmd[*]}" > "$E2E_LOGS/$label.cmd"
     t0=$(date +%s.%N)
@@ -182,7 +183,11 @@ e2e_boot_guest() {
     if [[ $rc -eq 124 || $rc -eq 137 ]]; then
         E2E_RESULT="FAIL QEMU killed after ${E2E_TIMEOUT}s${line:+ (guest said: $line)}"
     elif [[ -z "$line" ]]; then
-        E2E_RESULT="FAIL no SPLITVM-RESULT line (QEMU exit status $rc)"
+        # QEMU resets each vCPU twice while starting; more means the guest reset
+        # (a triple fault, or a reboot that -no-reboot turned into an exit).
+        local resets
+        resets=$(grep -c 'CPU Reset' "$E2E_LOGS/$label.qemu-debug.log" 2>/dev/null)
+        E2E_RESULT="FAIL no SPLITVM-RESULT line (QEMU exit status $rc, ${resets:-?} CPU resets logged; 2 per vCPU are normal)"
     elif [[ "$line" == PASS && $rc -ne 0 ]]; then
         E2E_RESULT="FAIL guest passed but QEMU exited with status $rc"
     else
