@@ -255,3 +255,34 @@ fn api_socket_in_use() {
         "not a socket",
     );
 }
+
+#[test]
+fn backend_that_never_answers() {
+    let dir = TempDir::new("vmm-err-mute");
+    let g = tiny_guest(&dir);
+    let sock = dir.path("mute.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        // Accept, read whatever comes, answer nothing until vmm gives up.
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 256];
+            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let start = std::time::Instant::now();
+    expect_error(
+        &[
+            "--kernel",
+            &g,
+            "--device",
+            &format!("rng,socket={}", sock.display()),
+        ],
+        "did not answer within",
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    t.join().unwrap();
+}

@@ -5,6 +5,7 @@
 //! features the type cannot work without.
 
 pub mod proxy;
+pub mod watchdog;
 
 use vhost::vhost_user::VhostUserProtocolFeatures;
 

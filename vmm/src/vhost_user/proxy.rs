@@ -22,6 +22,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::Watchdog;
 use super::DeviceType;
 use crate::memory::GuestMem;
 
@@ -29,6 +30,10 @@ use crate::memory::GuestMem;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Most queues a device may expose.
 pub const MAX_QUEUES: u16 = 16;
+/// How long a back end may take over one exchange (the handshake, starting
+/// or stopping the rings) before it counts as gone: a hung back end must not
+/// hang start-up or a vCPU forever.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Protocol features we use when the back end offers them.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -60,6 +65,8 @@ pub enum ProxyError {
     BadRingAddress(u64),
     #[error("back end is not connected")]
     NotConnected,
+    #[error("back end at {path} did not answer within {secs} s")]
+    Timeout { path: String, secs: u64 },
 }
 
 fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> ProxyError {
@@ -115,6 +122,7 @@ pub struct BackendInfo {
 pub struct VhostUserProxy {
     socket: PathBuf,
     frontend: Option<Frontend>,
+    watchdog: std::sync::Arc<Watchdog>,
     info: BackendInfo,
     state: ConnState,
     /// Rings running on the back end.
@@ -136,6 +144,38 @@ impl VhostUserProxy {
                 source,
             }
         })?;
+        let watchdog = Watchdog::new().map_err(|e| ProxyError::Connect {
+            path: path.clone(),
+            source: vhost::Error::IOError(e),
+        })?;
+        let (info, fired) = watchdog.guard(fe.as_raw_fd(), REPLY_TIMEOUT, || {
+            Self::handshake(&mut fe, &path, ty, config_size, requested_queues)
+        });
+        if fired {
+            return Err(ProxyError::Timeout {
+                path,
+                secs: REPLY_TIMEOUT.as_secs(),
+            });
+        }
+        let info = info?;
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            frontend: Some(fe),
+            watchdog: std::sync::Arc::new(watchdog),
+            info,
+            state: ConnState::Connected,
+            active_rings: Vec::new(),
+        })
+    }
+
+    fn handshake(
+        fe: &mut Frontend,
+        path: &str,
+        ty: &DeviceType,
+        config_size: u32,
+        requested_queues: Option<u16>,
+    ) -> Result<BackendInfo, ProxyError> {
+        let path = path.to_string();
         fe.set_owner().map_err(step("SET_OWNER"))?;
         let features = fe.get_features().map_err(step("GET_FEATURES"))?;
         if features & VIRTIO_F_VERSION_1 == 0 {
@@ -204,18 +244,12 @@ impl VhostUserProxy {
             "{path}: connected, features {features:#x}, protocol {:?}, queues {queue_num:?}",
             protocol
         );
-        Ok(Self {
-            socket: socket.to_path_buf(),
-            frontend: Some(fe),
-            info: BackendInfo {
-                features,
-                protocol,
-                queue_num,
-                queues,
-                config,
-            },
-            state: ConnState::Connected,
-            active_rings: Vec::new(),
+        Ok(BackendInfo {
+            features,
+            protocol,
+            queue_num,
+            queues,
+            config,
         })
     }
 
@@ -272,7 +306,29 @@ impl VhostUserProxy {
 
     /// Writes device config through SET_CONFIG (when CONFIG was negotiated).
     /// Flags 0: VHOST_SET_CONFIG_TYPE_FRONTEND (1 would mean migration).
+    /// Runs one exchange under the watchdog; a back end that does not
+    /// answer in time is dropped (its socket shut down).
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, ProxyError>,
+    ) -> Result<T, ProxyError> {
+        let fd = self.raw_fd().ok_or(ProxyError::NotConnected)?;
+        let wd = self.watchdog.clone();
+        let (r, fired) = wd.guard(fd, REPLY_TIMEOUT, || f(self));
+        if fired {
+            let path = self.socket.display().to_string();
+            let secs = REPLY_TIMEOUT.as_secs();
+            self.mark_disconnected(&format!("no answer within {secs} s"));
+            return Err(ProxyError::Timeout { path, secs });
+        }
+        r
+    }
+
     pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
+        self.guarded(|p| p.set_config_inner(offset, data))
+    }
+
+    fn set_config_inner(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
         if !self
             .info
             .protocol
@@ -298,9 +354,12 @@ impl VhostUserProxy {
         kicks: &[EventFd],
         calls: &[EventFd],
     ) -> Result<(), ProxyError> {
-        self.ack(true);
-        let r = self.activate_inner(mem, acked_features, rings, kicks, calls);
-        self.ack(false);
+        let r = self.guarded(|p| {
+            p.ack(true);
+            let r = p.activate_inner(mem, acked_features, rings, kicks, calls);
+            p.ack(false);
+            r
+        });
         if r.is_ok() {
             self.state = ConnState::Active;
         }
@@ -366,6 +425,13 @@ impl VhostUserProxy {
     /// Stops the rings (device reset or driver unload). Returns each
     /// ring's last avail index from GET_VRING_BASE.
     pub fn deactivate(&mut self) -> Result<Vec<(u16, u32)>, ProxyError> {
+        if self.active_rings.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.guarded(|p| p.deactivate_inner())
+    }
+
+    fn deactivate_inner(&mut self) -> Result<Vec<(u16, u32)>, ProxyError> {
         let rings = std::mem::take(&mut self.active_rings);
         if rings.is_empty() {
             return Ok(Vec::new());
