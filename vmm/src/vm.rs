@@ -293,48 +293,57 @@ impl Vm {
 
 /// Waits for the exit signal while watching back-end sockets for hang-up.
 fn wait_for_exit(exit: &ExitSignal, info: &VmInfo) -> ExitReason {
-    let mut watched: Vec<(RawFd, usize)> = info
-        .devices
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| d.lock().ok()?.proxy().raw_fd().map(|fd| (fd, i)))
-        .collect();
+    // The socket each device had at the last look. Refreshed every round
+    // (a proxy may drop its connection itself, and the fd number be reused);
+    // a device busy in a back-end exchange keeps its previous entry.
+    let mut watched: Vec<Option<RawFd>> = vec![None; info.devices.len()];
     loop {
+        for (i, d) in info.devices.iter().enumerate() {
+            if let Ok(d) = d.try_lock() {
+                watched[i] = d.proxy().raw_fd();
+            }
+        }
         let mut fds = vec![libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()),
             events: libc::POLLIN,
             revents: 0,
         }];
-        fds.extend(watched.iter().map(|(fd, _)| libc::pollfd {
-            fd: *fd,
-            events: libc::POLLRDHUP,
-            revents: 0,
-        }));
+        let mut owners = Vec::new();
+        for (i, fd) in watched.iter().enumerate() {
+            if let Some(fd) = fd {
+                fds.push(libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                });
+                owners.push(i);
+            }
+        }
         // SAFETY: fds is a valid array of pollfd for the call's duration.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        if n < 0 {
-            continue;
-        }
         if let Some(r) = exit.reason() {
             return r;
         }
-        let mut gone = Vec::new();
-        for (k, pfd) in fds.iter().enumerate().skip(1) {
-            if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-            {
-                gone.push(k - 1);
-            }
+        if n <= 0 {
+            continue;
         }
-        for k in gone.iter().rev() {
-            let (_, dev) = watched.remove(*k);
-            let d = &info.devices[dev];
-            let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
-            eprintln!(
-                "vmm: warning: {} back end at {} disconnected; the VM keeps running",
-                d.device_type().name,
-                d.proxy().socket().display()
-            );
-            d.backend_gone("back end closed the connection");
+        for (k, pfd) in fds.iter().enumerate().skip(1) {
+            let hup = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+            if pfd.revents & hup == 0 {
+                continue;
+            }
+            let dev = owners[k - 1];
+            let mut d = info.devices[dev].lock().unwrap_or_else(|e| e.into_inner());
+            // Still the same connection? (It may have been replaced meanwhile.)
+            if d.proxy().raw_fd() == Some(pfd.fd) {
+                eprintln!(
+                    "vmm: warning: {} back end at {} disconnected; the VM keeps running",
+                    d.device_type().name,
+                    d.proxy().socket().display()
+                );
+                d.backend_gone("back end closed the connection");
+            }
+            watched[dev] = None;
         }
     }
 }

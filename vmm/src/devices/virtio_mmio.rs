@@ -249,7 +249,7 @@ impl VirtioMmioDevice {
             }
             Err(e) => {
                 log::error!(
-                    "{} at {:#x}: cannot start rings: {e}",
+                    "{} at {:#x}: cannot start rings, back end disconnected: {e}",
                     self.ty.name,
                     self.mmio_base
                 );
