@@ -432,3 +432,134 @@ impl BusDevice for VirtioMmioDevice {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::DeviceKind;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+
+    const F_VERSION_1: u64 = 1 << 32;
+    const F_DEVICE_BIT: u64 = 1 << 5;
+    const F_PACKED: u64 = 1 << 34;
+
+    /// A vhost-user back end without protocol features that records the
+    /// request codes it gets and answers the GET_* ones.
+    fn fake_backend(sock: &std::path::Path) -> mpsc::Receiver<u32> {
+        let listener = UnixListener::bind(sock).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            loop {
+                let mut hdr = [0u8; 12];
+                if c.read_exact(&mut hdr).is_err() {
+                    return;
+                }
+                let req = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+                let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+                let mut body = vec![0u8; size];
+                c.read_exact(&mut body).unwrap();
+                let _ = tx.send(req);
+                let reply = |c: &mut std::os::unix::net::UnixStream, payload: &[u8]| {
+                    let mut m = req.to_le_bytes().to_vec();
+                    m.extend_from_slice(&5u32.to_le_bytes());
+                    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                    m.extend_from_slice(payload);
+                    c.write_all(&m).unwrap();
+                };
+                match req {
+                    1 => reply(
+                        &mut c,
+                        &(F_VERSION_1 | F_DEVICE_BIT | F_PACKED).to_le_bytes(),
+                    ),
+                    // GET_VRING_BASE: index 0, num 7
+                    11 => reply(&mut c, &[0, 0, 0, 0, 7, 0, 0, 0]),
+                    _ => {}
+                }
+            }
+        });
+        rx
+    }
+
+    fn rd(d: &mut VirtioMmioDevice, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        d.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(d: &mut VirtioMmioDevice, off: u64, v: u32) {
+        d.write(off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn transport_registers_and_ring_programming() {
+        let dir = std::env::temp_dir().join(format!("vmm-mmio-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let rx = fake_backend(&dir);
+        let ty = DeviceType::for_kind(DeviceKind::Rng);
+        let proxy = VhostUserProxy::connect(&dir, &ty, 0, None).unwrap();
+        let mem = crate::memory::create_guest_memory(16 << 20, false).unwrap();
+        let mut d = VirtioMmioDevice::new(ty, 0xd000_0000, 5, mem, proxy).unwrap();
+
+        assert_eq!(rd(&mut d, REG_MAGIC), MMIO_MAGIC);
+        assert_eq!(rd(&mut d, REG_VERSION), 2);
+        assert_eq!(rd(&mut d, REG_DEVICE_ID), 4);
+        // Features: device bit and VERSION_1 pass, packed rings do not.
+        wr(&mut d, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut d, REG_DEVICE_FEATURES), F_DEVICE_BIT as u32);
+        wr(&mut d, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            rd(&mut d, REG_DEVICE_FEATURES),
+            1,
+            "VERSION_1 only, no packed"
+        );
+        // Queue 0 exists, queue 1 does not.
+        wr(&mut d, REG_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut d, REG_QUEUE_NUM_MAX), 0);
+        wr(&mut d, REG_QUEUE_SEL, 0);
+        assert_eq!(rd(&mut d, REG_QUEUE_NUM_MAX), u32::from(QUEUE_MAX_SIZE));
+
+        // A driver acking a feature not offered does not get FEATURES_OK.
+        wr(&mut d, REG_STATUS, 1 | 2);
+        wr(&mut d, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut d, REG_DRIVER_FEATURES, 1 | 4); // VERSION_1 + packed
+        wr(&mut d, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        assert_eq!(rd(&mut d, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        wr(&mut d, REG_STATUS, 0);
+        assert_eq!(rd(&mut d, REG_STATUS), 0);
+
+        // Proper bring-up.
+        wr(&mut d, REG_STATUS, 1 | 2);
+        wr(&mut d, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut d, REG_DRIVER_FEATURES, 1);
+        wr(&mut d, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        assert_ne!(rd(&mut d, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        wr(&mut d, REG_QUEUE_SEL, 0);
+        wr(&mut d, REG_QUEUE_NUM, 16);
+        wr(&mut d, REG_QUEUE_DESC_LOW, 0x10_0000);
+        wr(&mut d, REG_QUEUE_DRIVER_LOW, 0x10_1000);
+        wr(&mut d, REG_QUEUE_DEVICE_LOW, 0x10_2000);
+        wr(&mut d, REG_QUEUE_READY, 1);
+        assert_eq!(rd(&mut d, REG_QUEUE_READY), 1);
+        wr(
+            &mut d,
+            REG_STATUS,
+            1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(d.proxy().state(), &ConnState::Active);
+        assert_eq!(rd(&mut d, REG_INTERRUPT_STATUS), INT_VRING);
+        // Reset stops the ring.
+        wr(&mut d, REG_STATUS, 0);
+        assert_eq!(d.proxy().state(), &ConnState::Connected);
+        assert_eq!(rd(&mut d, REG_QUEUE_READY), 0);
+
+        let got: Vec<u32> = rx.try_iter().collect();
+        // SET_OWNER, GET_FEATURES | SET_FEATURES, SET_MEM_TABLE, SET_VRING_NUM,
+        // SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_KICK, SET_VRING_CALL |
+        // GET_VRING_BASE (no SET_VRING_ENABLE: no protocol features).
+        assert_eq!(got, vec![3, 1, 2, 5, 8, 9, 10, 12, 13, 11]);
+        let _ = std::fs::remove_file(&dir);
+    }
+}
