@@ -171,3 +171,38 @@ fn api_status_backend_death_and_shutdown() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!api.exists(), "API socket left behind");
 }
+
+/// SIGTERM ends the VMM cleanly: reason printed, exit 0, API socket removed.
+#[test]
+fn sigterm_ends_vmm_cleanly() {
+    let dir = TempDir::new("vmm-sigterm");
+    let guest = dir.path("tiny.elf");
+    std::fs::write(&guest, tiny_pvh_guest(true)).unwrap();
+    let api = dir.path("api.sock");
+    let mut vmm = Proc::spawn(
+        "vmm",
+        Command::new(bin("vmm"))
+            .args(["--kernel", guest.to_str().unwrap(), "--serial", "none"])
+            .arg("--api-socket")
+            .arg(&api)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_for_socket(&api, &mut vmm);
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = vmm.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "vmm ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(vmm.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.contains("terminating on signal 15"), "{err}");
+    assert!(!api.exists(), "API socket left behind");
+}

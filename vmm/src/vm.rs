@@ -282,6 +282,7 @@ impl Vm {
         if self.stdin_serial {
             serial::spawn_stdin_reader(self.serial.clone());
         }
+        crate::exit::install_signal_handlers(&self.exit);
         let reason = wait_for_exit(&self.exit, &self.info);
         if let Some(api) = self.api.take() {
             api.cleanup();
@@ -321,6 +322,9 @@ fn wait_for_exit(exit: &ExitSignal, info: &VmInfo) -> ExitReason {
         }
         // SAFETY: fds is a valid array of pollfd for the call's duration.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if let Some(sig) = crate::exit::pending_signal() {
+            exit.trigger(ExitReason::Signal(sig));
+        }
         if let Some(r) = exit.reason() {
             return r;
         }
