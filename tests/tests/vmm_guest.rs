@@ -36,13 +36,13 @@ fn make_image(dir: &TempDir) -> PathBuf {
     img
 }
 
-fn run_guest(blk_sock: &Path, rng_sock: &Path, cpus: &str) -> VmmRun {
+fn run_guest(blk_sock: &Path, rng_sock: &Path, cpus: &str, memory: &str) -> VmmRun {
     let blk = format!("blk,socket={}", blk_sock.display());
     let rng = format!("rng,socket={}", rng_sock.display());
-    run_guest_with(&blk, &rng, cpus)
+    run_guest_with(&blk, &rng, cpus, memory)
 }
 
-fn run_guest_with(blk: &str, rng: &str, cpus: &str) -> VmmRun {
+fn run_guest_with(blk: &str, rng: &str, cpus: &str, memory: &str) -> VmmRun {
     let guest = test_guest();
     let run = run_vmm(
         &[
@@ -51,7 +51,7 @@ fn run_guest_with(blk: &str, rng: &str, cpus: &str) -> VmmRun {
             "--cmdline",
             "console=ttyS0",
             "--memory",
-            "128M",
+            memory,
             "--cpus",
             cpus,
             "--device",
@@ -126,7 +126,14 @@ fn test_guest_with_our_backends() {
     );
     wait_for_socket(&blk_sock, &mut blk);
     let (_rng, rng_sock) = start_rng(&dir, true);
-    let run = run_guest(&blk_sock, &rng_sock, "2");
+    // 5 GiB: RAM below and above the 32-bit MMIO hole, so the memory
+    // table has two regions (the memfd is sparse; this costs nothing).
+    let run = run_guest(&blk_sock, &rng_sock, "2", "5G");
+    assert!(
+        run.stdout.contains("0x0100000000-0x017fffffff type 1"),
+        "{}",
+        run.dump()
+    );
     assert!(
         run.stdout.contains("blk@0xd0000000: PASS"),
         "{}",
@@ -167,7 +174,7 @@ fn test_guest_with_third_party_backends() {
     // qemu-storage-daemon keeps serving after a probe connection leaves.
     wait_for_socket(&blk_sock, &mut blk);
     let (_rng, rng_sock) = start_rng(&dir, false);
-    let run = run_guest(&blk_sock, &rng_sock, "1");
+    let run = run_guest(&blk_sock, &rng_sock, "1", "128M");
     assert!(
         run.stdout.contains("blk@0xd0000000: PASS"),
         "{}",
@@ -208,6 +215,7 @@ fn test_guest_with_generic_devices() {
         ),
         &format!("generic,virtio-id=4,socket={}", rng_sock.display()),
         "1",
+        "128M",
     );
     assert!(
         run.stdout.contains("blk@0xd0000000: PASS"),
