@@ -11,8 +11,6 @@ mod memory;
 mod vhost_user;
 mod vm;
 
-use std::error::Error as _;
-
 use clap::Parser;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,6 @@ fn main() {
         }
         Err(e) => {
             eprintln!("vmm: error: {}", cause_chain(&e));
-            let _ = e.source();
             std::process::exit(1);
         }
     }

@@ -66,9 +66,10 @@ pub struct VmInfo {
 }
 
 pub struct Vm {
+    // Held for the VM's lifetime: KVM objects and the guest RAM mapping.
     _kvm: Kvm,
-    vm: Arc<VmFd>,
-    mem: GuestMem,
+    _vm: VmFd,
+    _mem: GuestMem,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -254,8 +255,8 @@ impl Vm {
         };
         Ok(Self {
             _kvm: kvm,
-            vm: Arc::new(vm),
-            mem,
+            _vm: vm,
+            _mem: mem,
             vcpus,
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -269,7 +270,6 @@ impl Vm {
 
     /// Runs until the guest or the API ends the VM.
     pub fn run(mut self) -> Result<ExitReason, VmError> {
-        let _keep = (&self.vm, &self.mem);
         for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let pio = self.pio.clone();
             let mmio = self.mmio.clone();
