@@ -100,7 +100,7 @@ sleep 1
 dd if=/dev/urandom of=/tmp/p bs=4096 count=16 2>/dev/null
 dd if=/tmp/p of=/dev/vda bs=4096 seek=256 conv=fsync 2>/dev/null || fail "write to vda"
 echo 3 > /proc/sys/vm/drop_caches
-dd if=/dev/vda of=/tmp/q bs=4096 skip=256 count=16 iflag=direct 2>/dev/null || fail "read from vda"
+dd if=/dev/vda of=/tmp/q bs=4096 skip=256 count=16 2>/dev/null || fail "read from vda"
 cmp /tmp/p /tmp/q || fail "vda read back differs"
 echo "blk OK"
 if [ "$WANT_NET" = 1 ]; then
