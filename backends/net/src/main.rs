@@ -113,3 +113,35 @@ fn main() -> ExitCode {
         b.start(w)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses() {
+        assert_eq!(
+            parse_mac("52:54:00:ab:CD:ef").unwrap().0,
+            [0x52, 0x54, 0, 0xab, 0xcd, 0xef]
+        );
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "5254:00:12:34:56",
+            "zz:54:00:12:34:56",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tap_names() {
+        assert!(parse_tap("tap0").is_ok());
+        for bad in ["", "a/b", "a b", "0123456789abcdef", ".", "a:b"] {
+            assert!(parse_tap(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -91,3 +91,61 @@ impl Header {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked(bits: &[u32]) -> u64 {
+        bits.iter().fold(0, |a, b| a | 1u64 << b)
+    }
+
+    fn hdr(flags: u8, gso: u8, gso_size: u16, start: u16, off: u16) -> Header {
+        Header {
+            flags,
+            gso_type: gso,
+            hdr_len: 54,
+            gso_size,
+            csum_start: start,
+            csum_offset: off,
+        }
+    }
+
+    #[test]
+    fn plain_frames_pass_and_runts_fail() {
+        assert!(Header::default().check_tx(0, 60).is_ok());
+        assert!(Header::default().check_tx(0, 10).is_err());
+        assert!(Header::default().check_tx(0, MAX_FRAME + 1).is_err());
+    }
+
+    #[test]
+    fn checksum_offload_needs_the_feature_and_a_place_in_the_frame() {
+        let h = hdr(F_NEEDS_CSUM, GSO_NONE, 0, 34, 16);
+        assert!(h.check_tx(0, 100).is_err());
+        let f = acked(&[VIRTIO_NET_F_CSUM]);
+        assert!(h.check_tx(f, 100).is_ok());
+        assert!(h.check_tx(f, 51).is_err());
+        assert!(hdr(0x80, 0, 0, 0, 0).check_tx(f, 100).is_err());
+    }
+
+    #[test]
+    fn gso_needs_its_feature_a_size_and_a_checksum() {
+        let f = acked(&[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4]);
+        assert!(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, 34, 16)
+            .check_tx(f, 20000)
+            .is_ok());
+        assert!(hdr(F_NEEDS_CSUM, GSO_TCPV6, 1448, 54, 16)
+            .check_tx(f, 20000)
+            .is_err());
+        assert!(hdr(F_NEEDS_CSUM, GSO_TCPV4, 0, 34, 16)
+            .check_tx(f, 20000)
+            .is_err());
+        assert!(hdr(0, GSO_TCPV4, 1448, 34, 16).check_tx(f, 20000).is_err());
+        assert!(hdr(F_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 1448, 34, 16)
+            .check_tx(f, 20000)
+            .is_err());
+        assert!(hdr(F_NEEDS_CSUM, 3, 1448, 34, 6)
+            .check_tx(f, 20000)
+            .is_err());
+    }
+}

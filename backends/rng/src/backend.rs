@@ -332,3 +332,26 @@ impl VhostUserBackend for RngBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_refills_once_per_period() {
+        let t0 = Instant::now();
+        let mut q = Quota {
+            limit: RateLimit {
+                max_bytes: 100,
+                period: Duration::from_millis(50),
+            },
+            remaining: 0,
+            period_end: t0,
+        };
+        assert_eq!(q.available(t0), 100);
+        q.remaining -= 100;
+        assert_eq!(q.available(t0 + Duration::from_millis(10)), 0);
+        assert_eq!(q.period_end, t0 + Duration::from_millis(50));
+        assert_eq!(q.available(t0 + Duration::from_millis(50)), 100);
+    }
+}
