@@ -19,7 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError};
+use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
 
 pub use crate::vring::{GuestMemoryHandle, Vring};
@@ -175,6 +175,17 @@ where
                 Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => {
                     log::info!("front end disconnected");
                     break;
+                }
+                Err(VhostUserError::InactiveFeature(f))
+                    if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES =>
+                {
+                    // QEMU 7.2's virtio-net enables its rings before
+                    // SET_FEATURES and never again after it.
+                    log::warn!("SET_VRING_ENABLE before SET_FEATURES; the rings start enabled");
+                    handler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .note_enable_before_features();
                 }
                 Err(e) => {
                     if !lock(&shared).stopping {

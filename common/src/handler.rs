@@ -59,6 +59,9 @@ pub struct Handler<B: VhostUserBackend<Bitmap = (), Vring = Vring>> {
     acked_features: u64,
     acked_protocol_features: u64,
     inflight: Option<Arc<InflightRegion>>,
+    /// The front end sent SET_VRING_ENABLE before SET_FEATURES (QEMU 7.2's
+    /// virtio-net does, and does not repeat it afterwards).
+    enable_before_features: bool,
 }
 
 fn invalid(why: &'static str) -> VhostUserError {
@@ -110,6 +113,7 @@ impl<B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static> Handler<
                 acked_features: 0,
                 acked_protocol_features: 0,
                 inflight: None,
+                enable_before_features: false,
             },
             workers,
         ))
@@ -138,7 +142,15 @@ impl<B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static> Handler<
         self.acked_features = 0;
         self.acked_protocol_features = 0;
         self.inflight = None;
+        self.enable_before_features = false;
         self.backend.reset_device();
+    }
+
+    /// See `enable_before_features`: the request itself is refused by the
+    /// vhost crate before it reaches us, so the rings are enabled at
+    /// SET_FEATURES instead.
+    pub fn note_enable_before_features(&mut self) {
+        self.enable_before_features = true;
     }
 
     fn vring(&self, index: u32) -> VhostUserResult<&Vring> {
@@ -321,7 +333,7 @@ impl<B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static>
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         for v in &self.vrings {
-            if !protocol {
+            if !protocol || self.enable_before_features {
                 v.set_enabled(true);
             }
             v.set_queue_event_idx(event_idx);
