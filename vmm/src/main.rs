@@ -1,17 +1,7 @@
 //! `vmm`: splitvm's minimal KVM VMM. See README.md for usage.
 
-mod api;
-mod boot;
-mod bus;
-mod cli;
-mod cpu;
-mod devices;
-mod exit;
-mod memory;
-mod vhost_user;
-mod vm;
-
 use clap::Parser;
+use vmm::{cli, exit, vm};
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {

@@ -1,15 +1,11 @@
 //! vhost-user-blk: splitvm's block device back end.
 
-mod backend;
-mod config;
-mod image;
-mod request;
-
-use backend::{BlkBackend, BlkOptions};
 use clap::Parser;
 use splitvm_common::{Capabilities, DaemonArgs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use vhost_user_blk::backend::{BlkBackend, BlkOptions};
+use vhost_user_blk::image;
 
 /// Serves a raw disk image or host block device as a virtio-blk device over vhost-user.
 #[derive(Debug, Parser)]

@@ -1,13 +1,10 @@
 //! vhost-user-net: splitvm's network device back end over a tap.
 
-mod backend;
-mod tap;
-mod vnet;
-
-use backend::{NetBackend, NetOptions};
 use clap::Parser;
 use splitvm_common::{Capabilities, DaemonArgs};
 use std::process::ExitCode;
+use vhost_user_net::backend::{NetBackend, NetOptions};
+use vhost_user_net::tap;
 
 /// Serves a virtio-net device over vhost-user, forwarding frames to and from a tap.
 #[derive(Debug, Parser)]
