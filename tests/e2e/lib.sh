@@ -223,6 +223,18 @@ e2e_guest_value() {
     tr -d '\r' < "$1" | awk -v k="$2" '$1 == "guest:" && $2 == k { v = $3 } END { print v }'
 }
 
+# e2e_netns_tap NS: a network namespace NS holding tap0 (vnet headers) with
+# 10.99.0.1/24, the guest's peer; removed when the test exits.
+e2e_netns_tap() {
+    E2E_NETNS=$1
+    ip netns add "$E2E_NETNS" || e2e_die "ip netns add $E2E_NETNS"
+    trap 'e2e_cleanup; ip netns del "$E2E_NETNS" 2>/dev/null' EXIT
+    ip netns exec "$E2E_NETNS" ip tuntap add dev tap0 mode tap vnet_hdr || e2e_die "cannot create tap0 in $E2E_NETNS"
+    ip netns exec "$E2E_NETNS" ip link set lo up
+    ip netns exec "$E2E_NETNS" ip addr add 10.99.0.1/24 dev tap0
+    ip netns exec "$E2E_NETNS" ip link set tap0 up
+}
+
 e2e_finish() {
     echo "== $E2E_NAME: $E2E_PASSES passed, $E2E_FAILS failed (logs: ${E2E_LOGS#"$E2E_ROOT"/}) =="
     if ((E2E_FAILS > 0)); then

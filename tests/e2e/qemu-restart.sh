@@ -33,7 +33,7 @@ start_blk() {   # N: the Nth instance
 }
 
 progress() {    # the guest's last reported write count
-    tr -d '\r' < "$E2E_LOGS/boot.console" 2>/dev/null \
+    tr -d '\r' 2>/dev/null < "$E2E_LOGS/boot.console" \
         | sed -n 's/^guest: io \([0-9]*\)\/.*/\1/p' | tail -n 1
 }
 
