@@ -30,20 +30,8 @@ tdir=${CARGO_TARGET_DIR:-target}; [[ $tdir == /* ]] || tdir="$E2E_ROOT/$tdir"
 BIN="${SPLITVM_BIN_DIR:-$tdir/release}/vhost-user-net"
 [[ -x "$BIN" ]] || e2e_die "$BIN not found: cargo build --release -p vhost-user-net"
 
-net_cleanup() {
-    local rc=$?
-    e2e_cleanup
-    ip netns del "$NS" 2>/dev/null
-    return $rc
-}
-trap net_cleanup EXIT
-
 nsx() { ip netns exec "$NS" "$@"; }
-ip netns add "$NS" || e2e_die "ip netns add $NS"
-nsx ip tuntap add dev tap0 mode tap vnet_hdr || e2e_die "cannot create tap0 in $NS"
-nsx ip link set lo up
-nsx ip addr add 10.99.0.1/24 dev tap0
-nsx ip link set tap0 up
+e2e_netns_tap "$NS"
 
 SOCK="$E2E_WORK/net.sock"
 rm -f "$SOCK"
