@@ -22,6 +22,7 @@ use crate::devices::virtio_mmio::{VirtioMmioDevice, REG_QUEUE_NOTIFY};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, GuestMem};
 use crate::vhost_user::proxy::{ProxyError, VhostUserProxy};
+use crate::vhost_user::reconnect;
 use crate::vhost_user::DeviceType;
 
 /// TSS for KVM's real-mode emulation, just below the IOAPIC/BIOS area.
@@ -292,16 +293,25 @@ impl Vm {
     }
 }
 
-/// Waits for the exit signal while watching back-end sockets for hang-up.
+/// Waits for the exit signal while watching back-end sockets for hang-up;
+/// a device whose back end is gone (hang-up, or a failed exchange seen
+/// elsewhere) gets a reconnect thread.
 fn wait_for_exit(exit: &ExitSignal, info: &VmInfo) -> ExitReason {
     // The socket each device had at the last look. Refreshed every round
     // (a proxy may drop its connection itself, and the fd number be reused);
     // a device busy in a back-end exchange keeps its previous entry.
     let mut watched: Vec<Option<RawFd>> = vec![None; info.devices.len()];
     loop {
-        for (i, d) in info.devices.iter().enumerate() {
-            if let Ok(d) = d.try_lock() {
-                watched[i] = d.proxy().raw_fd();
+        for (i, dev) in info.devices.iter().enumerate() {
+            let gone = match dev.try_lock() {
+                Ok(d) => {
+                    watched[i] = d.proxy().raw_fd();
+                    !d.is_connected()
+                }
+                Err(_) => false,
+            };
+            if gone {
+                reconnect::start(dev, exit);
             }
         }
         let mut fds = vec![libc::pollfd {
@@ -321,7 +331,7 @@ fn wait_for_exit(exit: &ExitSignal, info: &VmInfo) -> ExitReason {
             }
         }
         // SAFETY: fds is a valid array of pollfd for the call's duration.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
         if let Some(sig) = crate::exit::pending_signal() {
             exit.trigger(ExitReason::Signal(sig));
         }
@@ -337,17 +347,22 @@ fn wait_for_exit(exit: &ExitSignal, info: &VmInfo) -> ExitReason {
                 continue;
             }
             let dev = owners[k - 1];
-            let mut d = info.devices[dev].lock().unwrap_or_else(|e| e.into_inner());
-            // Still the same connection? (It may have been replaced meanwhile.)
-            if d.proxy().raw_fd() == Some(pfd.fd) {
+            {
+                let mut d = info.devices[dev].lock().unwrap_or_else(|e| e.into_inner());
+                // Still the same connection? (It may have been replaced meanwhile.)
+                if d.proxy().raw_fd() != Some(pfd.fd) {
+                    continue;
+                }
                 eprintln!(
-                    "vmm: warning: {} back end at {} disconnected; the VM keeps running",
+                    "vmm: warning: {} back end at {} disconnected; the VM keeps running, \
+                     reconnecting",
                     d.device_type().name,
                     d.proxy().socket().display()
                 );
                 d.backend_gone("back end closed the connection");
             }
             watched[dev] = None;
+            reconnect::start(&info.devices[dev], exit);
         }
     }
 }

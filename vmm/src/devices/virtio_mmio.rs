@@ -6,13 +6,24 @@
 //! generic [`VhostUserProxy`] at DRIVER_OK. Notifications never pass through
 //! here: QueueNotify writes hit an ioeventfd (the back end's kick fd) in KVM,
 //! and the back end's call fd is an irqfd on this device's IRQ line.
+//!
+//! When the back end goes away the device keeps all of that; a reconnect
+//! (`vhost_user/reconnect.rs`) hands a new connection to
+//! [`VirtioMmioDevice::reattach`], which restarts the rings where the guest
+//! is, or sets DEVICE_NEEDS_RESET if the new back end cannot honour what
+//! the driver negotiated.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::BusDevice;
 use crate::memory::GuestMem;
-use crate::vhost_user::proxy::{ConnState, RingConfig, VhostUserProxy, VIRTIO_F_VERSION_1};
+use crate::vhost_user::inflight::InflightFd;
+use crate::vhost_user::proxy::{
+    ConnState, Connection, InflightStep, ProxyError, RingConfig, RingStart, VhostUserProxy,
+    VIRTIO_F_VERSION_1,
+};
+use crate::vhost_user::reconnect::Link;
 use crate::vhost_user::DeviceType;
 
 pub const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
@@ -102,7 +113,14 @@ pub struct VirtioMmioDevice {
     shm_sel: u32,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    /// The driver set DRIVER_OK: the rings should run (they do once a back
+    /// end is connected).
     activated: bool,
+    /// The in-flight region of the current driver session, if the back end
+    /// tracks in-flight I/O.
+    inflight: Option<InflightFd>,
+    link: Link,
+    name: String,
 }
 
 impl VirtioMmioDevice {
@@ -140,6 +158,9 @@ impl VirtioMmioDevice {
             kicks,
             calls,
             activated: false,
+            inflight: None,
+            link: Link::default(),
+            name: format!("{}@{mmio_base:#x}", ty.name),
         })
     }
 
@@ -161,10 +182,170 @@ impl VirtioMmioDevice {
         &self.proxy
     }
 
-    /// The back end hung up: keep the guest-facing state, flag the device.
+    /// `blk@0xd0000000`, for log lines.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    pub fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !matches!(self.proxy.state(), ConnState::Disconnected(_))
+    }
+
+    /// The back end hung up or failed: keep the guest-facing state (rings,
+    /// kicks queue up in the ioeventfds) until a reconnect restarts it.
     pub fn backend_gone(&mut self, why: &str) {
         self.proxy.mark_disconnected(why);
-        self.needs_reset();
+        self.link.went_down();
+    }
+
+    /// Takes over a new connection to a restarted back end. With the driver
+    /// live, the rings restart where the guest is: same features, the
+    /// in-flight region, each ring's base at the used index, then one kick
+    /// per ring (requests queued while no back end listened) and one call
+    /// (a completion the old back end published but never signalled).
+    /// An error means the new back end failed too: retry later.
+    pub fn reattach(&mut self, conn: Connection) -> Result<(), ProxyError> {
+        let new_features = conn.info().features;
+        self.proxy.attach(conn);
+        if !self.activated {
+            if self.status == 0 {
+                // No driver session: offer what the new back end offers.
+                self.device_features = new_features & TRANSPORT_FEATURE_MASK;
+                self.config = self.proxy.info().config.clone();
+            }
+            self.link.came_back();
+            return Ok(());
+        }
+        let lost = self.driver_features & !new_features;
+        let restricting = new_features & self.ty.restricting_features & !self.device_features;
+        if lost != 0 || restricting != 0 {
+            let why = format!(
+                "restarted back end cannot honour the negotiated features \
+                 (negotiated {:#x}, now offered {:#x}: lost {lost:#x}, new restriction \
+                 {restricting:#x})",
+                self.driver_features,
+                new_features & TRANSPORT_FEATURE_MASK
+            );
+            eprintln!(
+                "vmm: error: {} back end at {}: {why}; device set DEVICE_NEEDS_RESET",
+                self.name,
+                self.proxy.socket().display()
+            );
+            self.link.set_needs_reset(Some(why));
+            self.link.came_back();
+            self.needs_reset();
+            eprintln!(
+                "vmm: {} back end at {} reconnected (reconnect {}), device needs reset",
+                self.name,
+                self.proxy.socket().display(),
+                self.link.reconnects()
+            );
+            return Ok(());
+        }
+        if let Err(e) = self.start_rings(true) {
+            self.backend_gone(&e.to_string());
+            return Err(e);
+        }
+        for k in &self.kicks {
+            let _ = k.write(1);
+        }
+        for c in &self.calls {
+            let _ = c.write(1);
+        }
+        self.link.came_back();
+        eprintln!(
+            "vmm: {} back end at {} reconnected (reconnect {}), rings restarted",
+            self.name,
+            self.proxy.socket().display(),
+            self.link.reconnects()
+        );
+        Ok(())
+    }
+
+    /// Guest memory and, per running ring, the used ring's idx address and
+    /// current value: to see the first completion after a restart.
+    pub fn used_snapshot(&self) -> (GuestMem, Vec<(u64, u16)>) {
+        let rings = if self.activated {
+            self.ready_rings()
+        } else {
+            Vec::new()
+        };
+        let v = rings
+            .iter()
+            .map(|r| (r.used + 2, self.used_idx(r)))
+            .collect();
+        (self.mem.clone(), v)
+    }
+
+    /// The rings the driver made ready.
+    fn ready_rings(&self) -> Vec<RingConfig> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.ready && q.size > 0)
+            .map(|(i, q)| RingConfig {
+                index: i as u16,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+            })
+            .collect()
+    }
+
+    /// The used ring's idx as the guest sees it.
+    fn used_idx(&self, ring: &RingConfig) -> u16 {
+        use vm_memory::{Bytes, GuestAddress};
+        self.mem
+            .read_obj::<u16>(GuestAddress(ring.used + 2))
+            .unwrap_or(0)
+    }
+
+    /// Programs the rings on the connected back end. `restart`: after a
+    /// reconnect (bases from the used ring, the kept in-flight region);
+    /// else the first start of a driver session (bases 0, a new region).
+    fn start_rings(&mut self, restart: bool) -> Result<(), ProxyError> {
+        let rings = self.ready_rings();
+        let bases: Vec<u16> = if restart {
+            rings.iter().map(|r| self.used_idx(r)).collect()
+        } else {
+            vec![0; rings.len()]
+        };
+        let max_size = rings.iter().map(|r| r.size).max().unwrap_or(0);
+        let inflight = match &self.inflight {
+            Some(region) if region.queue_size() >= max_size => InflightStep::Set(region),
+            _ if max_size > 0 => InflightStep::Get {
+                num_queues: self.queues.len() as u16,
+                queue_size: max_size,
+            },
+            _ => InflightStep::None,
+        };
+        let start = RingStart {
+            acked_features: self.driver_features,
+            rings: &rings,
+            bases: &bases,
+            kicks: &self.kicks,
+            calls: &self.calls,
+            inflight,
+        };
+        if let Some(region) = self.proxy.activate(&self.mem, &start)? {
+            log::info!("{}: in-flight tracking with {region:?}", self.name);
+            self.inflight = Some(region);
+        }
+        log::info!(
+            "{}: {} ring(s) started at base(s) {bases:?}",
+            self.name,
+            rings.len()
+        );
+        Ok(())
     }
 
     /// DEVICE_NEEDS_RESET plus a config interrupt, if the driver is live.
@@ -197,17 +378,26 @@ impl VirtioMmioDevice {
         if let ConnState::Disconnected(why) = state {
             v["reason"] = json!(why);
         }
+        if let (Some(obj), Value::Object(link)) = (v.as_object_mut(), self.link.describe()) {
+            obj.extend(link);
+        }
         v
     }
 
     fn reset(&mut self) {
-        if self.activated {
+        if self.activated && self.is_connected() {
             match self.proxy.deactivate() {
                 Ok(bases) => log::debug!("{}: rings stopped at {bases:?}", self.ty.name),
                 Err(e) => log::warn!("{}: stopping rings: {e}", self.ty.name),
             }
         }
         self.activated = false;
+        self.inflight = None;
+        self.link.set_needs_reset(None);
+        // A back end restarted meanwhile may offer something else: the next
+        // driver session sees the current one.
+        self.device_features = self.proxy.info().features & TRANSPORT_FEATURE_MASK;
+        self.config = self.proxy.info().config.clone();
         self.device_features_sel = 0;
         self.driver_features = 0;
         self.driver_features_sel = 0;
@@ -218,45 +408,23 @@ impl VirtioMmioDevice {
     }
 
     fn activate(&mut self) {
-        let rings: Vec<RingConfig> = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.ready && q.size > 0)
-            .map(|(i, q)| RingConfig {
-                index: i as u16,
-                size: q.size,
-                desc: q.desc,
-                avail: q.avail,
-                used: q.used,
-            })
-            .collect();
-        match self.proxy.activate(
-            &self.mem,
-            self.driver_features,
-            &rings,
-            &self.kicks,
-            &self.calls,
-        ) {
-            Ok(()) => {
-                self.activated = true;
-                log::info!(
-                    "{} at {:#x}: driver ok, {} ring(s) started",
-                    self.ty.name,
-                    self.mmio_base,
-                    rings.len()
-                );
-            }
+        self.activated = true;
+        if !self.is_connected() {
+            log::warn!(
+                "{}: driver ok while the back end is away: the rings start when it reconnects",
+                self.name
+            );
+            return;
+        }
+        match self.start_rings(false) {
+            Ok(()) => log::info!("{}: driver ok", self.name),
             Err(e) => {
+                // The reconnect restarts the rings on the next back end.
                 log::error!(
-                    "{} at {:#x}: cannot start rings, back end disconnected: {e}",
-                    self.ty.name,
-                    self.mmio_base
+                    "{}: cannot start rings, back end disconnected: {e}",
+                    self.name
                 );
-                if !matches!(self.proxy.state(), ConnState::Disconnected(_)) {
-                    self.proxy.mark_disconnected(&e.to_string());
-                }
-                self.needs_reset();
+                self.backend_gone(&e.to_string());
             }
         }
     }

@@ -4,7 +4,9 @@
 //! id, the default queue count, the config space size and the protocol
 //! features the type cannot work without.
 
+pub mod inflight;
 pub mod proxy;
+pub mod reconnect;
 pub mod watchdog;
 
 use vhost::vhost_user::VhostUserProtocolFeatures;
@@ -31,6 +33,10 @@ pub struct DeviceType {
     pub required_protocol: VhostUserProtocolFeatures,
     /// Use the back end's queue count (GET_QUEUE_NUM) by default.
     pub queues_from_backend: bool,
+    /// Feature bits that take something away from the device when a
+    /// restarted back end newly offers them (blk: read-only), so the guest's
+    /// driver must renegotiate.
+    pub restricting_features: u64,
 }
 
 impl DeviceType {
@@ -45,6 +51,8 @@ impl DeviceType {
                 config_size: 60,
                 required_protocol: VhostUserProtocolFeatures::CONFIG,
                 queues_from_backend: true,
+                // VIRTIO_BLK_F_RO
+                restricting_features: 1 << 5,
             },
             DeviceKind::Net => DeviceType {
                 name: "net",
@@ -54,6 +62,7 @@ impl DeviceType {
                 config_size: 12,
                 required_protocol: none,
                 queues_from_backend: false,
+                restricting_features: 0,
             },
             DeviceKind::Rng => DeviceType {
                 name: "rng",
@@ -62,6 +71,7 @@ impl DeviceType {
                 config_size: 0,
                 required_protocol: none,
                 queues_from_backend: false,
+                restricting_features: 0,
             },
             DeviceKind::Pmem => DeviceType {
                 name: "pmem",
@@ -70,6 +80,7 @@ impl DeviceType {
                 config_size: 16,
                 required_protocol: VhostUserProtocolFeatures::CONFIG,
                 queues_from_backend: false,
+                restricting_features: 0,
             },
             DeviceKind::Can => DeviceType {
                 name: "can",
@@ -78,6 +89,7 @@ impl DeviceType {
                 config_size: 2,
                 required_protocol: none,
                 queues_from_backend: false,
+                restricting_features: 0,
             },
             DeviceKind::Generic(id) => DeviceType {
                 name: "generic",
@@ -86,6 +98,7 @@ impl DeviceType {
                 config_size: 0,
                 required_protocol: none,
                 queues_from_backend: true,
+                restricting_features: 0,
             },
         }
     }

@@ -10,9 +10,15 @@
 //! GET_CONFIG. At DRIVER_OK: SET_FEATURES, SET_MEM_TABLE, then per ring
 //! SET_VRING_NUM/ADDR/BASE/KICK/CALL and SET_VRING_ENABLE. At reset:
 //! SET_VRING_ENABLE(0) and GET_VRING_BASE per ring.
+//!
+//! With INFLIGHT_SHMFD the first start asks for the in-flight region
+//! (GET_INFLIGHT_FD) after the memory table; a restart after a reconnect
+//! hands it back (SET_INFLIGHT_FD) before the rings, and each ring's base is
+//! the used index the guest sees (see `reconnect.rs`).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
@@ -22,6 +28,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::inflight::InflightFd;
 use super::watchdog::Watchdog;
 use super::DeviceType;
 use crate::memory::GuestMem;
@@ -41,6 +48,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +127,97 @@ pub struct BackendInfo {
     pub config: Vec<u8>,
 }
 
+/// What to do about the in-flight region when the rings start.
+pub enum InflightStep<'a> {
+    /// Not negotiated, or the back end refused: no tracking.
+    None,
+    /// First start: ask the back end for a region of this geometry.
+    Get { num_queues: u16, queue_size: u16 },
+    /// Restart: hand the region the last back end filled to this one.
+    Set(&'a InflightFd),
+}
+
+/// Everything [`VhostUserProxy::activate`] programs.
+pub struct RingStart<'a> {
+    pub acked_features: u64,
+    pub rings: &'a [RingConfig],
+    /// SET_VRING_BASE per entry of `rings`.
+    pub bases: &'a [u16],
+    pub kicks: &'a [EventFd],
+    pub calls: &'a [EventFd],
+    pub inflight: InflightStep<'a>,
+}
+
+/// A connected back end after the handshake, not yet given to a device.
+/// Built without any lock held: a reconnect must not stall vCPUs while a
+/// back end answers.
+pub struct Connection {
+    fe: Frontend,
+    watchdog: Watchdog,
+    info: BackendInfo,
+}
+
+impl Connection {
+    pub fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+}
+
+/// Connects to `socket` and runs the handshake under the watchdog.
+pub fn establish(
+    socket: &Path,
+    ty: &DeviceType,
+    config_size: u32,
+    requested_queues: Option<u16>,
+) -> Result<Connection, ProxyError> {
+    let path = socket.display().to_string();
+    let mut fe =
+        Frontend::connect(socket, u64::from(MAX_QUEUES)).map_err(|source| ProxyError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+    let watchdog = Watchdog::new().map_err(|e| ProxyError::Connect {
+        path: path.clone(),
+        source: vhost::Error::IOError(e),
+    })?;
+    let (info, fired) = watchdog.guard(fe.as_raw_fd(), REPLY_TIMEOUT, || {
+        VhostUserProxy::handshake(&mut fe, &path, ty, config_size, requested_queues)
+    });
+    if fired {
+        return Err(ProxyError::Timeout {
+            path,
+            secs: REPLY_TIMEOUT.as_secs(),
+        });
+    }
+    Ok(Connection {
+        fe,
+        watchdog,
+        info: info?,
+    })
+}
+
+/// What a reconnect needs, copied out of the proxy so that connecting runs
+/// without the device lock.
+#[derive(Debug, Clone)]
+pub struct Target {
+    socket: PathBuf,
+    ty: DeviceType,
+    config_size: u32,
+    queues: u16,
+}
+
+impl Target {
+    pub fn connect(&self) -> Result<Connection, ProxyError> {
+        establish(&self.socket, &self.ty, self.config_size, Some(self.queues))
+    }
+}
+
 pub struct VhostUserProxy {
     socket: PathBuf,
+    ty: DeviceType,
+    config_size: u32,
     frontend: Option<Frontend>,
-    watchdog: std::sync::Arc<Watchdog>,
+    watchdog: Arc<Watchdog>,
     info: BackendInfo,
     state: ConnState,
     /// Rings running on the back end.
@@ -137,35 +232,38 @@ impl VhostUserProxy {
         config_size: u32,
         requested_queues: Option<u16>,
     ) -> Result<Self, ProxyError> {
-        let path = socket.display().to_string();
-        let mut fe = Frontend::connect(socket, u64::from(MAX_QUEUES)).map_err(|source| {
-            ProxyError::Connect {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        let watchdog = Watchdog::new().map_err(|e| ProxyError::Connect {
-            path: path.clone(),
-            source: vhost::Error::IOError(e),
-        })?;
-        let (info, fired) = watchdog.guard(fe.as_raw_fd(), REPLY_TIMEOUT, || {
-            Self::handshake(&mut fe, &path, ty, config_size, requested_queues)
-        });
-        if fired {
-            return Err(ProxyError::Timeout {
-                path,
-                secs: REPLY_TIMEOUT.as_secs(),
-            });
-        }
-        let info = info?;
+        let conn = establish(socket, ty, config_size, requested_queues)?;
         Ok(Self {
             socket: socket.to_path_buf(),
-            frontend: Some(fe),
-            watchdog: std::sync::Arc::new(watchdog),
-            info,
+            ty: *ty,
+            config_size,
+            frontend: Some(conn.fe),
+            watchdog: Arc::new(conn.watchdog),
+            info: conn.info,
             state: ConnState::Connected,
             active_rings: Vec::new(),
         })
+    }
+
+    /// Where and how to connect again (for a reconnect). The queue count
+    /// is the one the guest sees: the new back end must offer it.
+    pub fn target(&self) -> Target {
+        Target {
+            socket: self.socket.clone(),
+            ty: self.ty,
+            config_size: self.config_size,
+            queues: self.info.queues,
+        }
+    }
+
+    /// Takes over a connection made through [`VhostUserProxy::target`].
+    pub fn attach(&mut self, conn: Connection) {
+        self.frontend = Some(conn.fe);
+        self.watchdog = Arc::new(conn.watchdog);
+        self.info = conn.info;
+        self.state = ConnState::Connected;
+        self.active_rings.clear();
+        log::info!("{}: back end reconnected", self.socket.display());
     }
 
     fn handshake(
@@ -345,18 +443,16 @@ impl VhostUserProxy {
         r
     }
 
-    /// Starts the rings at DRIVER_OK.
+    /// Starts the rings (DRIVER_OK, or a restart after a reconnect).
+    /// Returns the in-flight region when `start.inflight` asked for one.
     pub fn activate(
         &mut self,
         mem: &GuestMem,
-        acked_features: u64,
-        rings: &[RingConfig],
-        kicks: &[EventFd],
-        calls: &[EventFd],
-    ) -> Result<(), ProxyError> {
+        start: &RingStart<'_>,
+    ) -> Result<Option<InflightFd>, ProxyError> {
         let r = self.guarded(|p| {
             p.ack(true);
-            let r = p.activate_inner(mem, acked_features, rings, kicks, calls);
+            let r = p.activate_inner(mem, start);
             p.ack(false);
             r
         });
@@ -369,14 +465,15 @@ impl VhostUserProxy {
     fn activate_inner(
         &mut self,
         mem: &GuestMem,
-        acked_features: u64,
-        rings: &[RingConfig],
-        kicks: &[EventFd],
-        calls: &[EventFd],
-    ) -> Result<(), ProxyError> {
-        let features = acked_features
+        start: &RingStart<'_>,
+    ) -> Result<Option<InflightFd>, ProxyError> {
+        let features = start.acked_features
             | (self.info.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
         let protocol_on = self.protocol_features_on();
+        let inflight_on = self
+            .info
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
@@ -385,13 +482,40 @@ impl VhostUserProxy {
         let fe = self.fe()?;
         fe.set_features(features).map_err(step("SET_FEATURES"))?;
         fe.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
+        let mut got = None;
+        match start.inflight {
+            InflightStep::Get {
+                num_queues,
+                queue_size,
+            } if inflight_on => {
+                // A request with its own reply: no REPLY_ACK on top.
+                fe.set_hdr_flags(VhostUserHeaderFlag::empty());
+                let r = fe.get_inflight_fd(&InflightFd::request(num_queues, queue_size));
+                self.ack(true);
+                match r {
+                    Ok((desc, file)) => got = Some(InflightFd::new(file, desc)),
+                    // Tracking is an extra: run without it.
+                    Err(e) => log::warn!(
+                        "{}: GET_INFLIGHT_FD failed, no in-flight tracking: {e}",
+                        self.socket.display()
+                    ),
+                }
+            }
+            InflightStep::Set(region) if inflight_on => {
+                self.fe()?
+                    .set_inflight_fd(region.desc(), region.raw_fd())
+                    .map_err(step("SET_INFLIGHT_FD"))?;
+            }
+            _ => {}
+        }
+        let fe = self.fe()?;
         let hva = |gpa: u64| {
             mem.get_host_address(GuestAddress(gpa))
                 .map(|p| p as u64)
                 .map_err(|_| ProxyError::BadRingAddress(gpa))
         };
         let mut started = Vec::new();
-        for ring in rings {
+        for (k, ring) in start.rings.iter().enumerate() {
             let i = ring.index as usize;
             let cfg = VringConfigData {
                 queue_max_size: ring.size,
@@ -402,24 +526,25 @@ impl VhostUserProxy {
                 avail_ring_addr: hva(ring.avail)?,
                 log_addr: None,
             };
+            let base = start.bases.get(k).copied().unwrap_or(0);
             fe.set_vring_num(i, ring.size)
                 .map_err(step("SET_VRING_NUM"))?;
             fe.set_vring_addr(i, &cfg).map_err(step("SET_VRING_ADDR"))?;
-            fe.set_vring_base(i, 0).map_err(step("SET_VRING_BASE"))?;
-            fe.set_vring_kick(i, &kicks[i])
+            fe.set_vring_base(i, base).map_err(step("SET_VRING_BASE"))?;
+            fe.set_vring_kick(i, &start.kicks[i])
                 .map_err(step("SET_VRING_KICK"))?;
-            fe.set_vring_call(i, &calls[i])
+            fe.set_vring_call(i, &start.calls[i])
                 .map_err(step("SET_VRING_CALL"))?;
             started.push(ring.index);
         }
         if protocol_on {
-            for ring in rings {
+            for ring in start.rings {
                 fe.set_vring_enable(ring.index as usize, true)
                     .map_err(step("SET_VRING_ENABLE"))?;
             }
         }
         self.active_rings = started;
-        Ok(())
+        Ok(got)
     }
 
     /// Stops the rings (device reset or driver unload). Returns each
