@@ -5,7 +5,8 @@
 #   3. cargo test: unit tests, the host-side vhost-user driver tests against
 #      our back ends, and the vmm tests under KVM with the freestanding guest
 #   4. end-to-end: QEMU (TCG) boots a Debian kernel whose devices our back
-#      ends serve (tests/e2e/qemu-*.sh)
+#      ends serve (tests/e2e/qemu-*.sh); DPDK's virtio-user drives our net
+#      back end (tests/e2e/dpdk-*.sh)
 # Prints one line per step and a closing "suite: N passed, M failed".
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +41,7 @@ step "cargo build (debug)" cargo build --workspace --locked
 step "cargo test" env SPLITVM_BIN_DIR="$ROOT/target/debug" cargo test --workspace --locked
 
 export SPLITVM_BIN_DIR="$ROOT/target/release"
-for t in tests/e2e/qemu-*.sh; do
+for t in tests/e2e/qemu-*.sh tests/e2e/dpdk-*.sh; do
     [[ -f "$t" ]] || continue
     step "e2e $(basename "$t" .sh)" bash "$t"
 done
