@@ -23,6 +23,7 @@ PKGS=(
     diffutils            # cmp
     util-linux           # flock (serializes builds under build/guest)
     procps               # ps, for looking at leftover processes when debugging
+    dpdk-dev             # dpdk-testpmd: a third-party vhost-user front end for net
 )
 
 missing=()
