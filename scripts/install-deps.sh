@@ -24,6 +24,11 @@ PKGS=(
     util-linux           # flock (serializes builds under build/guest)
     procps               # ps, for looking at leftover processes when debugging
     dpdk-dev             # dpdk-testpmd: a third-party vhost-user front end for net
+    gcc                  # builds the freestanding test guest (tests/guest)
+    make
+    binutils             # ld, objcopy for the test guest
+    python3              # small helpers in the e2e tests
+    strace               # for diagnosing the sandbox
 )
 
 missing=()
