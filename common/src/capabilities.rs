@@ -15,6 +15,7 @@ impl Capabilities {
         serde_json::json!({
             "type": self.device_type,
             "features": self.features,
+            "sandbox": crate::sandbox::capabilities_note(),
         })
         .to_string()
     }

@@ -1,6 +1,7 @@
 //! Command-line options every back end takes, after the vhost-user spec's
 //! "back-end program conventions": `--socket-path`, `--fd`, `--print-capabilities`.
 
+use crate::sandbox::SandboxMode;
 use std::path::PathBuf;
 
 /// Options shared by all back ends; `#[command(flatten)]` them into a back end's own.
@@ -21,4 +22,21 @@ pub struct DaemonArgs {
     /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else info).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Sandbox once the device and socket are open: drop root (to --user/--group, or
+    /// keep uid 0 with no capabilities), Landlock with no file-system access (only the
+    /// socket file's removal), and a seccomp allowlist of the daemon's own system
+    /// calls; a forbidden call is logged ("seccomp: forbidden syscall N") and ends the
+    /// process with status 159. `off` is for debugging only.
+    #[arg(long, value_enum, default_value_t = SandboxMode::On, value_name = "on|off")]
+    pub sandbox: SandboxMode,
+
+    /// When started as root, switch to this user (name or uid) after set-up.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// When started as root, switch to this group (name or gid) after set-up
+    /// (default: the user's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
 }

@@ -11,6 +11,7 @@ use crate::cli::DaemonArgs;
 use crate::error::{report, Error, Result};
 use crate::handler::Handler;
 use crate::listener::{self, BoundSocket};
+use crate::sandbox::{Sandbox, SandboxProfile};
 use crate::worker::WorkerHandle;
 use crate::{logging, signals};
 use std::error::Error as StdError;
@@ -41,12 +42,22 @@ pub fn new_exit_event() -> Option<(
 /// the device set-up `setup` (run before the socket is opened, so a bad image
 /// or tap leaves no socket behind), then serving until a stop signal.
 /// Errors are printed as one line with their cause chain.
-pub fn run<B, F>(name: &'static str, args: &DaemonArgs, caps: Capabilities, setup: F) -> ExitCode
+///
+/// Unless `--sandbox off`, the process is sandboxed once the device and the
+/// socket are open (see [`crate::sandbox`]): `profile` names the system calls
+/// the back end needs beyond the shared core's.
+pub fn run<B, F>(
+    name: &'static str,
+    args: &DaemonArgs,
+    caps: Capabilities,
+    profile: SandboxProfile,
+    setup: F,
+) -> ExitCode
 where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
     F: FnOnce() -> std::result::Result<B, Box<dyn StdError>>,
 {
-    run_with(name, args, caps, setup, |_, _| Ok(()))
+    run_with(name, args, caps, profile, setup, |_, _| Ok(()))
 }
 
 /// [`run`], with `on_start` called once the queue workers exist, so a back
@@ -55,6 +66,7 @@ pub fn run_with<B, F, S>(
     name: &'static str,
     args: &DaemonArgs,
     caps: Capabilities,
+    profile: SandboxProfile,
     setup: F,
     on_start: S,
 ) -> ExitCode
@@ -72,7 +84,18 @@ where
         signals::block()?;
         let backend = setup()?;
         let socket = listener::open(args)?;
-        serve_with(backend, socket, on_start)?;
+        // Privileges and Landlock now, on the only thread, so the workers
+        // inherit them; seccomp on all threads once they exist.
+        let mut sandbox = Sandbox::new(name, args.sandbox, profile);
+        if let Err(e) = sandbox.restrict_process(
+            args.user.as_deref(),
+            args.group.as_deref(),
+            socket.owned_path.as_deref(),
+        ) {
+            socket.remove_path();
+            return Err(Error::Sandbox(e).into());
+        }
+        serve_inner(backend, socket, on_start, || sandbox.restrict_syscalls())?;
         Ok(())
     })();
     match result {
@@ -111,6 +134,22 @@ where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
     S: FnOnce(&B, &[WorkerHandle]) -> std::io::Result<()>,
 {
+    serve_inner(backend, socket, on_start, || Ok(()))
+}
+
+/// [`serve_with`], calling `before_accept` once every thread exists, just
+/// before the first front end is accepted (the seccomp step of the sandbox).
+fn serve_inner<B, S, A>(
+    backend: B,
+    socket: BoundSocket,
+    on_start: S,
+    before_accept: A,
+) -> Result<()>
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    S: FnOnce(&B, &[WorkerHandle]) -> std::io::Result<()>,
+    A: FnOnce() -> std::result::Result<(), crate::sandbox::Error>,
+{
     let (handler, workers) = Handler::new(backend.clone()).map_err(Error::Workers)?;
     let handles: Vec<WorkerHandle> = workers.iter().map(|w| w.handle().clone()).collect();
     on_start(&backend, &handles).map_err(Error::Workers)?;
@@ -139,6 +178,10 @@ where
         })?;
     }
 
+    if let Err(e) = before_accept() {
+        socket.remove_path();
+        return Err(Error::Sandbox(e));
+    }
     match &socket.owned_path {
         Some(p) => log::info!("listening on {}", p.display()),
         None => log::info!("listening on an inherited socket"),

@@ -51,6 +51,8 @@ pub enum Error {
     Listen(#[source] io::Error),
     #[error("bad log level {0:?} (expected error, warn, info, debug or trace)")]
     LogLevel(String),
+    #[error("cannot enter the sandbox (--sandbox off to run without it)")]
+    Sandbox(#[source] crate::sandbox::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,7 +1,7 @@
 //! vhost-user-blk: splitvm's block device back end.
 
 use clap::Parser;
-use splitvm_common::{Capabilities, DaemonArgs};
+use splitvm_common::{Capabilities, DaemonArgs, SandboxProfile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vhost_user_blk::backend::{BlkBackend, BlkOptions};
@@ -73,13 +73,34 @@ fn default_serial(image: &Path) -> Vec<u8> {
     bytes
 }
 
+/// The sandbox's allowlist beyond the daemon core: I/O on the open image
+/// (preadv/pwritev, flush, discard/write-zeroes by fallocate on a file or the
+/// BLKDISCARD/BLKZEROOUT ioctls on a block device).
+fn sandbox_profile() -> SandboxProfile {
+    const BLKDISCARD: u64 = 0x1277;
+    const BLKZEROOUT: u64 = 0x127f;
+    SandboxProfile::new(
+        &[
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+            libc::SYS_fallocate,
+        ],
+        &[BLKDISCARD, BLKZEROOUT],
+    )
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let caps = Capabilities {
         device_type: "block",
         features: vec!["blk-file", "read-only"],
     };
-    splitvm_common::daemon::run("vhost-user-blk", &args.daemon, caps, || {
+    let profile = sandbox_profile();
+    splitvm_common::daemon::run("vhost-user-blk", &args.daemon, caps, profile, || {
         let path = args.image.as_deref().ok_or("--image is required")?;
         let image = image::Image::open(path, args.readonly, args.direct)?;
         log::info!(

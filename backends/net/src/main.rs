@@ -1,7 +1,7 @@
 //! vhost-user-net: splitvm's network device back end over a tap.
 
 use clap::Parser;
-use splitvm_common::{Capabilities, DaemonArgs};
+use splitvm_common::{Capabilities, DaemonArgs, SandboxProfile};
 use std::process::ExitCode;
 use vhost_user_net::backend::{NetBackend, NetOptions};
 use vhost_user_net::tap;
@@ -106,9 +106,21 @@ fn main() -> ExitCode {
             },
         ))
     };
-    splitvm_common::daemon::run_with("vhost-user-net", &args.daemon, caps, setup, |b, w| {
-        b.start(w)
-    })
+    // Beyond the daemon core (which has read/write/readv/writev on any open
+    // fd, so on the tap queues): the tap ioctls used while serving (offloads
+    // from the guest's features, queue attach/detach, vnet header size).
+    const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+    const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+    const TUNSETQUEUE: u64 = 0x4004_54d9;
+    let profile = SandboxProfile::new(&[], &[TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE]);
+    splitvm_common::daemon::run_with(
+        "vhost-user-net",
+        &args.daemon,
+        caps,
+        profile,
+        setup,
+        |b, w| b.start(w),
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ mod source;
 
 use backend::{RateLimit, RngBackend};
 use clap::Parser;
-use splitvm_common::{Capabilities, DaemonArgs};
+use splitvm_common::{Capabilities, DaemonArgs, SandboxProfile};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,7 +70,22 @@ fn main() -> ExitCode {
         }
         Ok(RngBackend::new(source, limit, args.queue_size)?)
     };
-    splitvm_common::daemon::run_with("vhost-user-rng", &args.daemon, caps, setup, |b, w| {
-        b.start(w)
-    })
+    // Beyond the daemon core: getrandom(2) (in the core list too), the rate
+    // limit's timerfd, rewinding a regular-file source (lseek, in the core).
+    let profile = SandboxProfile::new(
+        &[
+            libc::SYS_getrandom,
+            libc::SYS_timerfd_settime,
+            libc::SYS_timerfd_gettime,
+        ],
+        &[],
+    );
+    splitvm_common::daemon::run_with(
+        "vhost-user-rng",
+        &args.daemon,
+        caps,
+        profile,
+        setup,
+        |b, w| b.start(w),
+    )
 }
