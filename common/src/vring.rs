@@ -7,10 +7,11 @@ use crate::inflight::InflightQueue;
 use std::fs::File;
 use std::io;
 use std::ops::Deref;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::{DescriptorChain, Error as VirtQueError, QueueT};
-use vm_memory::{GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 
 /// The guest memory handle the vrings use.
 pub type GuestMemoryHandle = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -19,6 +20,8 @@ pub type GuestMemoryHandle = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 #[derive(Clone)]
 pub struct Vring {
     inner: VringRwLock<GuestMemoryHandle>,
+    /// The memory `inner` reads the rings from (the same handle).
+    mem: GuestMemoryHandle,
     inflight: Arc<Mutex<Option<InflightQueue>>>,
     /// Held by the worker while it processes this ring, so stopping a ring
     /// waits for the request in hand.
@@ -75,7 +78,8 @@ impl<'a> VringStateMutGuard<'a, GuestMemoryHandle> for Vring {
 impl VringT<GuestMemoryHandle> for Vring {
     fn new(mem: GuestMemoryHandle, max_queue_size: u16) -> Result<Self, VirtQueError> {
         Ok(Vring {
-            inner: VringRwLock::new(mem, max_queue_size)?,
+            inner: VringRwLock::new(mem.clone(), max_queue_size)?,
+            mem,
             inflight: Arc::new(Mutex::new(None)),
             busy: Arc::new(Mutex::new(())),
         })
@@ -105,8 +109,22 @@ impl VringT<GuestMemoryHandle> for Vring {
     fn signal_used_queue(&self) -> io::Result<()> {
         self.inner.signal_used_queue()
     }
+    /// Also fails when the guest's avail.idx is more than a ring ahead of
+    /// the next request: no chain can be popped then, yet "more work" would
+    /// be the answer for ever, and every back end's EVENT_IDX loop (process,
+    /// re-enable, repeat while more) would spin on it (found by fuzzing).
     fn enable_notification(&self) -> Result<bool, VirtQueError> {
-        self.inner.enable_notification()
+        let more = self.inner.enable_notification()?;
+        if more {
+            let mem = self.mem.memory();
+            let st = self.inner.get_ref();
+            let q = st.get_queue();
+            let avail = q.avail_idx(&*mem, Ordering::Acquire)?;
+            if avail.0.wrapping_sub(q.next_avail()) > q.size() {
+                return Err(VirtQueError::InvalidAvailRingIndex);
+            }
+        }
+        Ok(more)
     }
     fn disable_notification(&self) -> Result<(), VirtQueError> {
         self.inner.disable_notification()
@@ -152,5 +170,39 @@ impl VringT<GuestMemoryHandle> for Vring {
     }
     fn set_err(&self, file: Option<File>) {
         self.inner.set_err(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Fuzzing regression (blk_request, an EVENT_IDX ring whose avail.idx is
+    /// 2 with the device at 256 on a ring of 16): enable_notification said
+    /// "more" for ever and the back end's worker spun at 100% CPU.
+    #[test]
+    fn avail_index_more_than_a_ring_ahead_is_an_error_not_more_work() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let v = Vring::new(mem.clone(), 256).unwrap();
+        v.set_queue_size(16);
+        v.set_queue_info(0, 0x1000, 0x2000).unwrap();
+        v.set_queue_event_idx(true);
+        v.set_queue_ready(true);
+        v.set_enabled(true);
+        mem.memory().write_obj(2u16, GuestAddress(0x1002)).unwrap(); // avail.idx
+        v.set_queue_next_avail(256);
+        assert!(v.pop_chain(mem.memory()).is_none());
+        assert!(matches!(
+            v.enable_notification(),
+            Err(VirtQueError::InvalidAvailRingIndex)
+        ));
+        // In range: "more" as before.
+        v.set_queue_next_avail(0);
+        assert!(v.enable_notification().unwrap());
+        v.set_queue_next_avail(2);
+        assert!(!v.enable_notification().unwrap());
     }
 }
