@@ -1,0 +1,142 @@
+#!/bin/bash
+# Our back ends against third-party ones, on this machine, in one run:
+#   vhost-user-blk vs qemu-storage-daemon (vhost-user-blk export, aio=io_uring), same raw
+#                    image on tmpfs, same load;
+#   vhost-user-net vs DPDK testpmd (net_vhost -> net_tap, --forward-mode=io), same front end;
+#   vhost-user-rng vs vhost-device-rng (crates.io), both reading /dev/urandom.
+# Each pair runs in alternation (A B A B ...), the load generator pinned to one CPU and the
+# back end to another, REPS times; the table shows medians, the spread (min..max) and ratios.
+#
+#   scripts/bench.sh [--reps N] [--duration 3s] [--only blk,net,rng] [--quick] [--out DIR]
+#
+# Set-up (once): scripts/setup.sh --quick && scripts/install-bench-deps.sh (root: netns, apt).
+# Environment: OURS_ARGS  extra arguments for our three back ends (e.g. "--sandbox off");
+#              LG_CPU / BE_CPU  CPUs for the load generator / the back end (default 0 / 1).
+# Never part of the test suite; timings are only ever reported, not asserted.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+REPS=3
+DUR=3s
+WARM=1s
+ONLY=blk,net,rng
+OUT=""
+while (($#)); do
+    case "$1" in
+        --reps) REPS=$2; shift 2 ;;
+        --duration) DUR=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --quick) REPS=1; DUR=1s; WARM=300ms; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+[[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (network namespaces, taps)" >&2; exit 1; }
+for tool in qemu-storage-daemon dpdk-testpmd ip taskset; do
+    command -v $tool >/dev/null || { echo "bench.sh: $tool missing; run scripts/install-bench-deps.sh" >&2; exit 1; }
+done
+VDR=build/peers/bin/vhost-device-rng
+[[ -x $VDR ]] || VDR=$(command -v vhost-device-rng || true)
+[[ -n $VDR && -x $VDR ]] || { echo "bench.sh: vhost-device-rng missing; run scripts/install-bench-deps.sh" >&2; exit 1; }
+
+echo "== bench: release build"
+cargo build --release --locked -q -p vhost-user-bench -p vhost-user-blk -p vhost-user-net -p vhost-user-rng
+BIN=$ROOT/target/release
+BENCH=$BIN/vhost-user-bench
+
+NCPU=$(nproc)
+LG_CPU=${LG_CPU:-0}
+BE_CPU=${BE_CPU:-$((NCPU > 1 ? 1 : 0))}
+OURS_ARGS=${OURS_ARGS:-}
+OUT=${OUT:-build/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+RES=$OUT/results.jsonl
+: > "$RES"
+IMG=/dev/shm/splitvm-bench-$$.img
+NS=svb-$$
+trap 'rm -f "$IMG"; ip netns del $NS 2>/dev/null || true' EXIT
+
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "host: $(uname -r), $NCPU CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "pinning: load generator CPU $LG_CPU, back end CPU $BE_CPU; reps $REPS, $WARM warm-up + $DUR measured"
+    echo "qemu-storage-daemon: $(qemu-storage-daemon --version | head -1)"
+    echo "dpdk-testpmd: $(dpkg-query -W -f '${Version}' dpdk-dev 2>/dev/null)"
+    echo "vhost-device-rng: $($VDR --version 2>/dev/null)"
+    echo "ours extra args: ${OURS_ARGS:-none}"
+} | tee "$OUT/machine.txt"
+
+# run LABEL KIND SPAWN ARGS...: one measured run; a failure is logged and the run retried once.
+run() {
+    local label=$1 kind=$2 spawn=$3
+    shift 3
+    local try
+    for try in 1 2; do
+        if "$BENCH" "$kind" --label "$label" --cpu "$LG_CPU" --spawn "taskset -c $BE_CPU $spawn" \
+            --duration "$DUR" --warmup "$WARM" --json "$RES" --log "$OUT/$label-$kind.log" "$@" \
+            >>"$OUT/runs.txt" 2>&1; then
+            tail -n 2 "$OUT/runs.txt" | head -n 1
+            return 0
+        fi
+        echo "  ($label $kind $* failed, try $try; see $OUT/runs.txt)"
+    done
+}
+
+# pair KIND OURS_SPAWN PEER_LABEL PEER_SPAWN [PEER_EXTRA --] ARGS...: alternate A B A B ...
+pair() {
+    local kind=$1 ours=$2 plabel=$3 peer=$4 pextra=()
+    shift 4
+    if [[ ${1:-} == --peer-args ]]; then pextra=($2); shift 2; fi
+    local i
+    for ((i = 1; i <= REPS; i++)); do
+        run ours "$kind" "$ours" "$@"
+        run "$plabel" "$kind" "$peer" "$@" "${pextra[@]}"
+    done
+}
+
+if [[ ,$ONLY, == *,blk,* ]]; then
+    echo "== blk: vhost-user-blk vs qemu-storage-daemon (aio=io_uring), 256 MiB image on tmpfs"
+    head -c 256M /dev/urandom > "$IMG"
+    OURS="$BIN/vhost-user-blk $OURS_ARGS --socket {sock} --image $IMG"
+    QSD="qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=$IMG,aio=io_uring --blockdev driver=raw,node-name=d0,file=f0 --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={sock},writable=on,num-queues=1"
+    echo "$(printf '%-14s %-30s %11s %9s %9s %9s %9s %10s %6s %7s %6s' backend workload ops/s MB/s 'p50 us' 'p99 us' 'p99.9 us' 'cpu us/op' cpu% idle% errors)"
+    pair blk "$OURS" qsd "$QSD" --rw randread --bs 4k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw randread --bs 4k --qd 1
+    pair blk "$OURS" qsd "$QSD" --rw read --bs 4k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw randwrite --bs 4k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw write --bs 4k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw randread --bs 64k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw read --bs 64k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw randwrite --bs 64k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw write --bs 64k --qd 32
+    pair blk "$OURS" qsd "$QSD" --rw randrw --bs 4k --qd 32
+    rm -f "$IMG"
+fi
+
+if [[ ,$ONLY, == *,net,* ]]; then
+    echo "== net: vhost-user-net vs DPDK testpmd (net_vhost -> net_tap, io forwarding), tap in netns $NS"
+    OURS="$BIN/vhost-user-net $OURS_ARGS --socket {sock} --tap {tap}"
+    # Both testpmd lcores (main + forwarding) on the back end's CPU, like our one worker.
+    DPDK="dpdk-testpmd --no-huge -m 512 --no-pci --file-prefix svb$$ --lcores 0@$BE_CPU,1@$BE_CPU --vdev net_vhost0,iface={sock},tso=1 --vdev net_tap0,iface={tap} -- --forward-mode=io --total-num-mbufs=8192"
+    pair net "$OURS" dpdk "$DPDK" --netns $NS --qd 256 --dir tx --frame 64 --idle 2s
+    pair net "$OURS" dpdk "$DPDK" --netns $NS --qd 256 --dir tx --frame 1514
+    pair net "$OURS" dpdk "$DPDK" --netns $NS --qd 256 --dir tx --frame 65549
+    pair net "$OURS" dpdk "$DPDK" --netns $NS --qd 256 --dir rx --frame 64
+    pair net "$OURS" dpdk "$DPDK" --netns $NS --qd 256 --dir rx --frame 1514
+fi
+
+if [[ ,$ONLY, == *,rng,* ]]; then
+    echo "== rng: vhost-user-rng vs vhost-device-rng, both from /dev/urandom"
+    OURS="$BIN/vhost-user-rng $OURS_ARGS --socket {sock} --source /dev/urandom"
+    pair rng "$OURS" vhost-device-rng "$VDR --socket-path {sock}" --peer-args "--socket-suffix 0" --qd 64 --bs 4k
+fi
+
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
+echo
+echo "== ratio table (medians of $REPS runs; spread min..max in parentheses; raw runs in $RES)"
+"$BENCH" report "$RES" | tee "$OUT/table.md"
