@@ -56,6 +56,8 @@ pub struct Args {
     /// JSON control socket (commands: status, shutdown).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 /// Guest memory request.

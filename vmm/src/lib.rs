@@ -9,5 +9,6 @@ pub mod cpu;
 pub mod devices;
 pub mod exit;
 pub mod memory;
+pub mod sandbox;
 pub mod vhost_user;
 pub mod vm;

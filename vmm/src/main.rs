@@ -9,6 +9,8 @@ enum MainError {
     Cli(#[from] cli::CliError),
     #[error(transparent)]
     Vm(#[from] vm::VmError),
+    #[error("cannot enter the sandbox (--sandbox off to run without it)")]
+    Sandbox(#[from] splitvm_common::sandbox::Error),
 }
 
 fn run() -> Result<exit::ExitReason, MainError> {
@@ -28,8 +30,10 @@ fn run() -> Result<exit::ExitReason, MainError> {
             std::process::exit(2);
         }
     };
+    let sandbox = args.sandbox.clone();
     let cfg = args.into_config()?;
     let vm = vm::Vm::new(&cfg)?;
+    vmm::sandbox::apply(&sandbox, cfg.api_socket.as_deref())?;
     Ok(vm.run()?)
 }
 

@@ -100,9 +100,7 @@ pub fn install(
     let mut ioctls: Vec<u64> = DAEMON_IOCTLS.to_vec();
     ioctls.extend_from_slice(&profile.ioctls);
     let program = build(&syscalls, &ioctls)?;
-    let _ = DAEMON_NAME.set(name);
-    install_sigsys_handler()?;
-    seccompiler::apply_filter_all_threads(&program).map_err(Error::SeccompApply)?;
+    apply_all_threads(name, &[program])?;
     Ok(count(&syscalls, &ioctls))
 }
 
@@ -110,6 +108,18 @@ pub fn install(
 pub fn install(_: &'static str, _: &SandboxProfile, _: bool) -> Result<usize, Error> {
     log::warn!("sandbox: no seccomp allowlist for this architecture yet");
     Ok(0)
+}
+
+/// Installs the SIGSYS reporter for `name`, then `programs` in order on every
+/// thread (TSYNC). Each later program must be let through by the earlier
+/// ones (seccomp(2) itself): put the trapping allowlist last.
+pub fn apply_all_threads(name: &'static str, programs: &[BpfProgram]) -> Result<(), Error> {
+    let _ = DAEMON_NAME.set(name);
+    install_sigsys_handler()?;
+    for p in programs {
+        seccompiler::apply_filter_all_threads(p).map_err(Error::SeccompApply)?;
+    }
+    Ok(())
 }
 
 fn count(syscalls: &[i64], ioctls: &[u64]) -> usize {
@@ -122,44 +132,84 @@ fn count(syscalls: &[i64], ioctls: &[u64]) -> usize {
     all.len()
 }
 
-/// The BPF program: each of `syscalls` with any arguments, ioctl(2) with one
-/// of `ioctls` as its request, tgkill(2) only towards this process (abort on
-/// a panic); anything else traps.
-pub fn build(syscalls: &[i64], ioctls: &[u64]) -> Result<BpfProgram, Error> {
+/// A rule: argument `arg` (32 bits) equals `value`.
+pub fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, Error> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(Error::SeccompBuild)
+}
+
+/// A rule: argument `arg` (32 bits) masked with `mask` equals `value`.
+pub fn arg_masked_eq(arg: u8, mask: u64, value: u64) -> Result<SeccompRule, Error> {
+    SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        value,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(Error::SeccompBuild)
+}
+
+/// The rules of an allowlist: each of `syscalls` with any arguments,
+/// ioctl(2) with one of `ioctls` as its request, tgkill(2) only towards this
+/// process (abort on a panic), prctl(2) only to name a thread.
+pub fn rules(syscalls: &[i64], ioctls: &[u64]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in syscalls {
         rules.insert(nr, vec![]);
     }
-    let cond = |arg: u8, value: u64| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-            .and_then(|c| SeccompRule::new(vec![c]))
-            .map_err(Error::SeccompBuild)
-    };
     if !ioctls.is_empty() {
         let mut seen = ioctls.to_vec();
         seen.sort_unstable();
         seen.dedup();
         let ioctl_rules = seen
             .iter()
-            .map(|&req| cond(1, req))
+            .map(|&req| arg_eq(1, req))
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(libc::SYS_ioctl, ioctl_rules);
     }
     rules.insert(
         libc::SYS_tgkill,
-        vec![cond(0, u64::from(std::process::id()))?],
+        vec![arg_eq(0, u64::from(std::process::id()))?],
     );
-    rules.insert(libc::SYS_prctl, vec![cond(0, libc::PR_SET_NAME as u64)?]);
-    let filter = SeccompFilter::new(
+    rules.insert(libc::SYS_prctl, vec![arg_eq(0, libc::PR_SET_NAME as u64)?]);
+    Ok(rules)
+}
+
+/// An allowlist program: `rules` allowed, anything else traps (SIGSYS).
+pub fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
+    filter(rules, SeccompAction::Trap, SeccompAction::Allow)
+}
+
+/// A program that makes each of `syscalls` fail with `errno` and lets
+/// everything else through (e.g. clone3 -> ENOSYS, so that glibc falls back
+/// to clone(2), whose flags an allowlist can check).
+pub fn errno_program(syscalls: &[i64], errno: i32) -> Result<BpfProgram, Error> {
+    let rules = syscalls.iter().map(|&nr| (nr, vec![])).collect();
+    filter(
         rules,
-        SeccompAction::Trap,
         SeccompAction::Allow,
-        std::env::consts::ARCH
-            .try_into()
-            .map_err(Error::SeccompBuild)?,
+        SeccompAction::Errno(errno as u32),
     )
-    .map_err(Error::SeccompBuild)?;
-    filter.try_into().map_err(Error::SeccompBuild)
+}
+
+fn filter(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, Error> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(Error::SeccompBuild)?;
+    SeccompFilter::new(rules, mismatch, matched, arch)
+        .and_then(|f| f.try_into())
+        .map_err(Error::SeccompBuild)
+}
+
+/// The daemons' BPF program: [`rules`], anything else traps.
+pub fn build(syscalls: &[i64], ioctls: &[u64]) -> Result<BpfProgram, Error> {
+    compile(rules(syscalls, ioctls)?)
 }
 
 /// Names for the log line, for the calls a compromised daemon would try first.
