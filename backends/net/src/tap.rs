@@ -153,6 +153,13 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
 }
 
 impl TapQueue {
+    /// A queue over any fd that reads and writes whole frames, vnet header
+    /// first (a SOCK_DGRAM socketpair, say): for tests and the fuzz targets,
+    /// which run the device without a tap. The tap ioctls fail on it.
+    pub fn from_file(file: File) -> Self {
+        TapQueue { file }
+    }
+
     /// TUNSETOFFLOAD: what the tap may hand us (TUN_F_*); per device, any queue will do.
     pub fn set_offload(&self, flags: u32) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value.

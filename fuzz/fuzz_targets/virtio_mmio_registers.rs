@@ -1,0 +1,4 @@
+//! See fuzz/src/mmio.rs for the input format and what is checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| splitvm_fuzz::mmio::run(data));
