@@ -14,3 +14,11 @@ pub mod net;
 pub mod seeds;
 pub mod server;
 pub mod vhost_user;
+
+/// Whether SPLITVM_FUZZ_DEBUG is set: harnesses then say on stderr what
+/// happened (how a connection ended, the device state), to check that a
+/// seed gets where it is meant to.
+pub fn debug() -> bool {
+    static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *D.get_or_init(|| std::env::var_os("SPLITVM_FUZZ_DEBUG").is_some())
+}

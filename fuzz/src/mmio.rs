@@ -127,5 +127,8 @@ pub fn run(data: &[u8]) {
         dev.read(REG_MAGIC, &mut m);
         assert_eq!(u32::from_le_bytes(m), MMIO_MAGIC);
     }
-    let _ = dev.describe();
+    let d = dev.describe();
+    if crate::debug() {
+        eprintln!("device: {d}");
+    }
 }

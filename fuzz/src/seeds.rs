@@ -4,7 +4,7 @@
 //! (`cargo test --test corpus -- --ignored write_seeds`) and replays them.
 
 use crate::guest::DATA_GPA;
-use crate::vhost_user::{message, FD_EVENTFD, FD_MEMFD_1M, FD_MEMFD_64K};
+use crate::vhost_user::{message, ram, wait, FD_EVENTFD, FD_MEMFD_1M, FD_MEMFD_64K};
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
@@ -416,8 +416,8 @@ fn bring_up(features: u64) -> Vec<u8> {
     s.extend(message(
         31,
         0,
-        &[u64s(&[0, 0]), vec![2, 0, 0, 1, 0, 0, 0, 0]].concat(),
-    )); // GET_INFLIGHT_FD: 2 queues of 256
+        &[u64s(&[0, 0]), vec![1, 0, 0, 1, 0, 0, 0, 0]].concat(),
+    )); // GET_INFLIGHT_FD: 1 queue of 256
     s.extend(message(2, 0, &u64s(&[features]))); // SET_FEATURES
     s.extend(message(
         5,
@@ -437,14 +437,54 @@ fn bring_up(features: u64) -> Vec<u8> {
     s
 }
 
+/// SET_OWNER, GET_FEATURES, SET_FEATURES, GET/SET_PROTOCOL_FEATURES.
+fn negotiate(features: u64, protocol: u64) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend(message(3, 0, &[]));
+    s.extend(message(1, 0, &[]));
+    s.extend(message(2, 0, &u64s(&[features])));
+    s.extend(message(15, 0, &[]));
+    s.extend(message(16, 0, &u64s(&[protocol])));
+    s
+}
+
+/// Guest RAM with a ring of 16 (descriptors at 0, avail at 0x1000, used at
+/// 0x2000, as `bring_up` sets it) holding a blk read and a blk write.
+fn ram_with_requests() -> Vec<u8> {
+    let descs = [
+        desc(0x3000, 16, F_NEXT, 1),
+        desc(0x4000, 512, F_NEXT | F_WRITE, 2),
+        desc(0x5000, 1, F_WRITE, 0),
+        desc(0x3100, 16, F_NEXT, 4),
+        desc(0x4400, 1024, F_NEXT, 5),
+        desc(0x5001, 1, F_WRITE, 0),
+    ]
+    .concat();
+    let mut avail = 0u16.to_le_bytes().to_vec();
+    avail.extend_from_slice(&2u16.to_le_bytes());
+    avail.extend_from_slice(&[0, 0, 3, 0]);
+    let mut r = Vec::new();
+    r.extend(ram(0, &descs));
+    r.extend(ram(0x1000, &avail));
+    r.extend(ram(0x3000, &blk_header(0, 1)));
+    r.extend(ram(0x3100, &blk_header(1, 4)));
+    r
+}
+
 /// (name, input) seeds for `vhost_user_messages`.
 pub fn vhost_user() -> Seeds {
     let features = VERSION_1 | (1 << 29) | (1 << 28) | (1 << 30); // + EVENT_IDX, INDIRECT, PROTOCOL_FEATURES
+    let mut requests = ram_with_requests();
+    requests.extend(bring_up(features));
+    requests.extend(wait());
+    let mut requests_then_stop = ram_with_requests();
+    requests_then_stop.extend(bring_up(VERSION_1 | (1 << 30)));
+    requests_then_stop.extend(wait());
+    requests_then_stop.extend(message(11, 0, &u32s(&[0, 0])));
     let mut stop = bring_up(features);
     stop.extend(message(18, 0, &u32s(&[0, 0]))); // SET_VRING_ENABLE off
     stop.extend(message(11, 0, &u32s(&[0, 0]))); // GET_VRING_BASE
-    let mut mem_slots = Vec::new();
-    mem_slots.extend(message(3, 0, &[]));
+    let mut mem_slots = negotiate(features, 1 << 15);
     mem_slots.extend(message(36, 0, &[])); // GET_MAX_MEM_SLOTS
     mem_slots.extend(message(
         37,
@@ -461,21 +501,17 @@ pub fn vhost_user() -> Seeds {
         0,
         &u64s(&[0, 0x10_0000, 0x10_0000, 0x8000_0000, 0]),
     )); // REM_MEM_REG
-    let mut inflight = Vec::new();
-    inflight.extend(message(3, 0, &[]));
-    inflight.extend(message(2, 0, &u64s(&[features])));
+    let mut inflight = negotiate(features, 1 << 12);
     // SET_INFLIGHT_FD: a region the front end kept from the last back end.
     inflight.extend(message(
         32,
         one(FD_MEMFD_64K),
         &[u64s(&[0x4000, 0]), vec![1, 0, 16, 0, 0, 0, 0, 0]].concat(),
     ));
-    let mut config = Vec::new();
-    config.extend(message(3, 0, &[]));
-    config.extend(message(16, 0, &u64s(&[1 << 9])));
+    let mut config = negotiate(features, 1 << 9);
     config.extend(message(25, 0, &[u32s(&[0, 8, 0]), vec![0; 8]].concat())); // SET_CONFIG
-    config.extend(message(34, 0, &[])); // RESET_DEVICE
     config.extend(message(4, 0, &[])); // RESET_OWNER
+    config.extend(message(34, 0, &[])); // RESET_DEVICE (not offered: refused)
     vec![
         ("bring_up", bring_up(features)),
         ("bring_up_no_protocol", bring_up(VERSION_1)),
@@ -483,6 +519,8 @@ pub fn vhost_user() -> Seeds {
         ("mem_slots", mem_slots),
         ("inflight", inflight),
         ("config_and_reset", config),
+        ("requests", requests),
+        ("requests_then_stop", requests_then_stop),
         (
             "raw_split_header",
             vec![0xf0, 6, 3, 0, 0, 0, 1, 0, 0xf0, 6, 0, 0, 0, 0, 0, 0],

@@ -53,7 +53,12 @@ pub fn serve_connection(handler: &BlkHandler, stream: UnixStream) {
                     .unwrap_or_else(|p| p.into_inner())
                     .note_enable_before_features();
             }
-            Err(_) => break,
+            Err(e) => {
+                if crate::debug() {
+                    eprintln!("front end dropped: {e}");
+                }
+                break;
+            }
         }
     }
     drop(requests);

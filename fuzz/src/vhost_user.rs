@@ -11,6 +11,13 @@
 //!   bytes (fewer if the input ends first).
 //! - `op` in 0xf0..=0xff: `len` (u8) raw bytes, sent as they are, no fds
 //!   (headers split across sends, garbage between messages).
+//! - `op` 0xef: guest RAM contents, sent nowhere: `offset` (u16), `len` (u16),
+//!   then `len` bytes written into the input's one "RAM" memfd (64 KiB). Every
+//!   fd of kind [`FD_MEMFD_64K`] is that memfd, so once a front end maps it
+//!   and starts a ring, the back end's worker runs the requests written here.
+//! - `op` 0xee: wait (at most 5 ms, once per input) for any eventfd sent so
+//!   far to fire, e.g. the call fd of a ring the worker completes requests
+//!   on, before sending the next record.
 //!
 //! The back end must answer or refuse every request without panicking,
 //! aborting or hanging; replies are read and thrown away (fds in them
@@ -37,10 +44,10 @@ pub const FD_SOCKET: u8 = 6;
 pub const FD_DEV_NULL: u8 = 7;
 
 /// A descriptor of `kind` (see the FD_* constants).
-pub fn make_fd(kind: u8) -> OwnedFd {
+pub fn make_fd(kind: u8, ram: &File) -> OwnedFd {
     let memfd = |size| OwnedFd::from(crate::blk::memfd("splitvm-fuzz-fd", size));
     match kind & 7 {
-        FD_MEMFD_64K => memfd(64 << 10),
+        FD_MEMFD_64K => OwnedFd::from(ram.try_clone().expect("dup")),
         FD_MEMFD_1M => memfd(1 << 20),
         FD_EVENTFD => {
             // SAFETY: plain eventfd creation; checked below.
@@ -67,23 +74,73 @@ pub fn make_fd(kind: u8) -> OwnedFd {
     }
 }
 
-/// One sendmsg: bytes and the fds to attach.
+/// The record that writes guest RAM (see the module doc).
+pub const OP_RAM: u8 = 0xef;
+/// Size of the input's guest RAM memfd.
+pub const RAM_SIZE: u64 = 64 << 10;
+
+/// The record encoding of a wait (for seeds and tests).
+pub fn wait() -> Vec<u8> {
+    vec![OP_WAIT]
+}
+
+/// The record encoding of a RAM write (for seeds and tests).
+pub fn ram(offset: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut m = vec![OP_RAM];
+    m.extend_from_slice(&offset.to_le_bytes());
+    m.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    m.extend_from_slice(bytes);
+    m
+}
+
+/// The record that waits for the back end's worker (see the module doc).
+pub const OP_WAIT: u8 = 0xee;
+const WAIT_MS: i32 = 5;
+
+/// One sendmsg (bytes and the fds to attach), or a wait.
 pub struct Record {
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+    /// Wait for an eventfd instead of sending.
+    pub wait: bool,
 }
 
 /// Splits the input into records (see the module doc).
-pub fn records(data: &[u8]) -> Vec<Record> {
+/// Splits the input into records (see the module doc); eventfds attached
+/// to any of them are also returned, for waits.
+pub fn records(data: &[u8], ram: &File) -> (Vec<Record>, Vec<OwnedFd>) {
+    use std::os::unix::fs::FileExt;
     let mut input = Input::new(data);
     let mut out = Vec::new();
+    let mut events = Vec::new();
+    let mut waited = false;
     while !input.is_empty() {
         let op = input.u8();
+        if op == OP_RAM {
+            let off = u64::from(input.u16());
+            let len = usize::from(input.u16());
+            let bytes = input.bytes(len);
+            let n = bytes.len().min(RAM_SIZE.saturating_sub(off) as usize);
+            ram.write_all_at(&bytes[..n], off).expect("write RAM memfd");
+            continue;
+        }
+        if op == OP_WAIT {
+            if !waited {
+                out.push(Record {
+                    bytes: Vec::new(),
+                    fds: Vec::new(),
+                    wait: true,
+                });
+            }
+            waited = true;
+            continue;
+        }
         if op >= 0xf0 {
             let n = usize::from(input.u8());
             out.push(Record {
                 bytes: input.bytes(n).to_vec(),
                 fds: Vec::new(),
+                wait: false,
             });
             continue;
         }
@@ -95,12 +152,18 @@ pub fn records(data: &[u8]) -> Vec<Record> {
         bytes.extend_from_slice(&flags.to_le_bytes());
         bytes.extend_from_slice(&u32::from(len).to_le_bytes());
         bytes.extend_from_slice(input.bytes(usize::from(len)));
+        let kind = (fds >> 3) & 7;
+        let fds: Vec<OwnedFd> = (0..fds & 7).map(|_| make_fd(kind, ram)).collect();
+        if kind == FD_EVENTFD {
+            events.extend(fds.iter().map(|f| f.try_clone().expect("dup")));
+        }
         out.push(Record {
             bytes,
-            fds: (0..fds & 7).map(|_| make_fd(fds >> 3)).collect(),
+            fds,
+            wait: false,
         });
     }
-    out
+    (out, events)
 }
 
 /// The record encoding of one message (for seeds and tests).
@@ -197,7 +260,7 @@ fn drain(sock: RawFd) -> bool {
 
 /// The front end's side: sends every record, then shuts down its writing
 /// half and reads until the back end hangs up.
-fn front_end(sock: UnixStream, records: Vec<Record>) {
+fn front_end(sock: UnixStream, records: Vec<Record>, events: Vec<OwnedFd>) {
     let fd = sock.as_raw_fd();
     let mut pending = records.into_iter();
     let mut cur: Option<(Record, usize)> = pending.next().map(|r| (r, 0));
@@ -206,6 +269,11 @@ fn front_end(sock: UnixStream, records: Vec<Record>) {
             return;
         }
         match &mut cur {
+            Some((rec, _)) if rec.wait => {
+                wait_for_events(&events);
+                cur = pending.next().map(|r| (r, 0));
+                continue;
+            }
             Some((rec, off)) => {
                 let fds: &[OwnedFd] = if *off == 0 { &rec.fds } else { &[] };
                 match send(fd, &rec.bytes[*off..], fds) {
@@ -239,18 +307,46 @@ fn front_end(sock: UnixStream, records: Vec<Record>) {
     }
 }
 
+/// Waits up to WAIT_MS for any of `events` to fire, and resets them.
+fn wait_for_events(events: &[OwnedFd]) {
+    let mut p: Vec<libc::pollfd> = events
+        .iter()
+        .map(|e| libc::pollfd {
+            fd: e.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: p is a valid array of pollfds.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, WAIT_MS) };
+    if n > 0 {
+        for e in events {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes from a non-blocking eventfd into v.
+            unsafe { libc::read(e.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
+    }
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 pub fn run(data: &[u8]) {
+    run_with_ram(data);
+}
+
+/// [`run`], returning the input's guest RAM memfd (for tests that look at
+/// what the back end did).
+pub fn run_with_ram(data: &[u8]) -> File {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     static BASELINE: AtomicU64 = AtomicU64::new(0);
     let server = blk_server();
-    let records = records(data);
+    let ram = crate::blk::memfd("splitvm-fuzz-ram", RAM_SIZE);
+    let (records, events) = records(data, &ram);
     let (front, back) = UnixStream::pair().expect("socketpair");
     std::thread::scope(|s| {
-        s.spawn(move || front_end(front, records));
+        s.spawn(move || front_end(front, records, events));
         serve_connection(&server.handler, back);
     });
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
@@ -263,4 +359,5 @@ pub fn run(data: &[u8]) {
             "file descriptor leak: {fds} open, {base} after the first input"
         );
     }
+    ram
 }

@@ -102,3 +102,25 @@ fn seeds_do_what_they_say() {
         }
     }
 }
+
+/// The `requests` seed gets as far as the back end's worker running the two
+/// blk requests it put in guest RAM (the worker runs them while the
+/// connection lasts, so allow a few tries).
+#[test]
+fn vhost_user_seed_reaches_the_worker() {
+    use std::os::unix::fs::FileExt;
+    let _serial = serial();
+    let seeds = splitvm_fuzz::seeds::vhost_user();
+    let (_, data) = seeds.iter().find(|(n, _)| *n == "requests").unwrap();
+    let mut done = 0;
+    for _ in 0..20 {
+        let ram = splitvm_fuzz::vhost_user::run_with_ram(data);
+        let mut idx = [0u8; 2];
+        ram.read_exact_at(&mut idx, 0x2002).unwrap();
+        if u16::from_le_bytes(idx) == 2 {
+            done += 1;
+        }
+    }
+    eprintln!("{done}/20 runs completed both requests");
+    assert!(done > 0, "the worker never completed the requests");
+}
