@@ -37,4 +37,5 @@ if [[ $quick -eq 0 ]]; then
     step "peer back ends"
     scripts/install-peers.sh
 fi
+scripts/install-fuzz.sh # cargo-fuzz for scripts/fuzz.sh
 step "done: binaries in target/release, guest in build/guest"

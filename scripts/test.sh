@@ -40,6 +40,7 @@ step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked 
 step "cargo build (debug)" cargo build --workspace --locked
 step "cargo test" env SPLITVM_BIN_DIR="$ROOT/target/debug" cargo test --workspace --locked
 
+step "fuzz (bounded)" scripts/fuzz.sh 30
 export SPLITVM_BIN_DIR="$ROOT/target/release"
 for t in tests/e2e/qemu-*.sh tests/e2e/dpdk-*.sh; do
     [[ -f "$t" ]] || continue
