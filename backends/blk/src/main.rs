@@ -74,8 +74,8 @@ fn default_serial(image: &Path) -> Vec<u8> {
 }
 
 /// The sandbox's allowlist beyond the daemon core: I/O on the open image
-/// (preadv/pwritev, flush, discard/write-zeroes by fallocate on a file or the
-/// BLKDISCARD/BLKZEROOUT ioctls on a block device).
+/// (preadv/pwritev or io_uring_enter, flush, discard/write-zeroes by
+/// fallocate on a file or the BLKDISCARD/BLKZEROOUT ioctls on a block device).
 fn sandbox_profile() -> SandboxProfile {
     const BLKDISCARD: u64 = 0x1277;
     const BLKZEROOUT: u64 = 0x127f;
@@ -88,6 +88,10 @@ fn sandbox_profile() -> SandboxProfile {
             libc::SYS_fdatasync,
             libc::SYS_fsync,
             libc::SYS_fallocate,
+            // --aio io_uring: each queue's ring is created at set-up, before
+            // the sandbox; afterwards only io_uring_enter (no new rings, no
+            // io_uring_register).
+            libc::SYS_io_uring_enter,
         ],
         &[BLKDISCARD, BLKZEROOUT],
     )
