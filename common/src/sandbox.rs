@@ -22,7 +22,9 @@
 //!    handler writes `<daemon>[pid]: error: seccomp: forbidden syscall N (name)`
 //!    to stderr and ends the process with status 159 (128 + SIGSYS). A
 //!    supervisor (or QEMU's `reconnect=`) brings the device back by restarting
-//!    the daemon.
+//!    the daemon. (A thread that has SIGSYS blocked at that moment, e.g. one
+//!    still in glibc's start-up, is killed by the kernel without the line: the
+//!    exit is then "killed by signal SIGSYS" and `strace -f` shows the call.)
 //!
 //! Opening a file stays allowed by seccomp only when Landlock is fully
 //! enforced, so that it fails with EACCES instead of killing the daemon.
