@@ -45,7 +45,7 @@ wait_answer_past() {   # N
 }
 
 start_net 0
-ROUNDS=$(( (KILLS + 2) * 12 ))
+ROUNDS=$(( (KILLS + 3) * 25 ))
 E2E_TIMEOUT=$(( ROUNDS * 2 + 60 ))
 e2e_boot_guest boot netrestart "splitvmpings=$ROUNDS" -smp 1 \
     -chardev "socket,id=c0,path=$SOCK,reconnect=1" -netdev vhost-user,id=n0,chardev=c0 \
