@@ -69,11 +69,36 @@ static bool parse_device(const char *s, const char *end,
 
 static const char DEV_KEY[] = "virtio_mmio.device=";
 static const char TIMEOUT_KEY[] = "guesttimeout=";
+static const char TEST_KEY[] = "guesttest=";
+static const char ITERS_KEY[] = "guestiters=";
+static const char PROGRESS_KEY[] = "guestprogress=";
+
+/* Does word [w, end) start with key (and have something after it)? */
+static bool has_key(const char *w, const char *end, const char *key)
+{
+    size_t n = strlen(key);
+    return (size_t)(end - w) > n && !strncmp(w, key, n);
+}
+
+/* The number after key in word [w, end), if it is all digits and in
+ * [lo, hi]. */
+static bool key_num(const char *w, const char *end, const char *key,
+                    uint64_t lo, uint64_t hi, uint32_t *out)
+{
+    const char *p = w + strlen(key);
+    uint64_t v;
+    if (!parse_num(&p, &v) || p != end || v < lo || v > hi)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
 
 void cmdline_parse(const char *s, struct cmdline *out)
 {
     memset(out, 0, sizeof(*out));
     out->timeout_s = 10;
+    out->iters = 100;
+    out->progress = 10;
     if (!s)
         return;
 
@@ -102,6 +127,13 @@ void cmdline_parse(const char *s, struct cmdline *out)
             uint64_t v;
             if (parse_num(&p, &v) && p == s && v > 0 && v < 3600)
                 out->timeout_s = (uint32_t)v;
+        } else if (has_key(w, s, TEST_KEY)) {
+            const char *v = w + sizeof(TEST_KEY) - 1;
+            out->stress = (size_t)(s - v) == 6 && !strncmp(v, "stress", 6);
+        } else if (has_key(w, s, ITERS_KEY)) {
+            key_num(w, s, ITERS_KEY, 1, 10000000, &out->iters);
+        } else if (has_key(w, s, PROGRESS_KEY)) {
+            key_num(w, s, PROGRESS_KEY, 1, 10000000, &out->progress);
         }
     }
 }

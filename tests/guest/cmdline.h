@@ -10,6 +10,7 @@
 #ifndef GUEST_CMDLINE_H
 #define GUEST_CMDLINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define MAX_DEVICES 16
@@ -27,6 +28,12 @@ struct cmdline {
     unsigned dropped;           /* entries beyond MAX_DEVICES */
     /* guesttimeout=<seconds>: per-request timeout (default 10). */
     uint32_t timeout_s;
+    /* guesttest=stress: blk and rng run guestiters=<N> rounds (default
+     * 100), printing a progress line every guestprogress=<K> rounds
+     * (default 10); see README.md.  Default: the one-pass tests. */
+    bool stress;
+    uint32_t iters;
+    uint32_t progress;
 };
 
 void cmdline_parse(const char *s, struct cmdline *out);

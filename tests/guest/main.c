@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include "apic.h"
 #include "blk.h"
+#include "blkstress.h"
 #include "cmdline.h"
 #include "idt.h"
 #include "io.h"
@@ -104,6 +105,9 @@ void guest_main(uint32_t start_info_paddr)
     kprintf("cmdline: \"%s\"\n", cl ? cl : "");
     cmdline_parse(cl, &cmdline);
     virtio_set_timeout(cmdline.timeout_s);
+    if (cmdline.stress)
+        kprintf("mode: stress, %u rounds, progress every %u\n",
+                cmdline.iters, cmdline.progress);
     if (cmdline.bad_entries)
         fail("%u malformed virtio_mmio.device= entries", cmdline.bad_entries);
     if (cmdline.dropped)
@@ -134,11 +138,17 @@ void guest_main(uint32_t start_info_paddr)
         found++;
         switch (d->device_id) {
         case VIRTIO_ID_BLOCK:
-            blk_test(d);
+            if (cmdline.stress)
+                blk_stress(d, cmdline.iters, cmdline.progress);
+            else
+                blk_test(d);
             tested++;
             break;
         case VIRTIO_ID_RNG:
-            rng_test(d);
+            if (cmdline.stress)
+                rng_stress(d, cmdline.iters, cmdline.progress);
+            else
+                rng_test(d);
             tested++;
             break;
         default:

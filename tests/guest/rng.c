@@ -81,3 +81,32 @@ void rng_test(struct vdev *d)
             d->name, fail_count() == before ? "PASS" : "FAIL", d->irq_count,
             d->irq_vring, d->irq_config, d->irq_no_status);
 }
+
+void rng_stress(struct vdev *d, uint32_t rounds, uint32_t progress)
+{
+    static const uint8_t zero[RNG_BYTES];
+    unsigned before = fail_count();
+
+    if (!vdev_negotiate(d, 0) || !vq_setup(d, 0) || !vdev_driver_ok(d))
+        goto out;
+    kprintf("%s: stress: %u rounds of %u-byte reads\n", d->name, rounds,
+            RNG_BYTES);
+    for (uint32_t r = 0; r < rounds; r++) {
+        uint8_t *buf = rnd[r & 1];
+        if (!rng_read(d, buf))
+            break;
+        if (!memcmp(buf, zero, RNG_BYTES)) {
+            fail("%s: round %u: %u bytes, all zero", d->name, r + 1,
+                 RNG_BYTES);
+            break;
+        }
+        if ((r + 1) % progress == 0 || r + 1 == rounds)
+            kprintf("%s: round %u ok\n", d->name, r + 1);
+    }
+out:
+    vdev_reset(d);
+    d->active = false;
+    kprintf("%s: %s (interrupts: %u, vring %u, config %u, status-0 %u)\n",
+            d->name, fail_count() == before ? "PASS" : "FAIL", d->irq_count,
+            d->irq_vring, d->irq_config, d->irq_no_status);
+}

@@ -5,5 +5,8 @@
 #include "virtio_mmio.h"
 
 void rng_test(struct vdev *d);
+/* guesttest=stress: rounds reads, a "<name>: round R ok" line every
+ * progress rounds. */
+void rng_stress(struct vdev *d, uint32_t rounds, uint32_t progress);
 
 #endif

@@ -51,6 +51,14 @@ void virtio_set_timeout(uint32_t seconds)
     timeout_ticks = seconds * TIMER_TICKS_PER_SECOND;
 }
 
+static uint16_t vq_size_max = VQ_SIZE_MAX;
+
+void vq_set_size_max(uint16_t n)
+{
+    if (n >= 1 && n <= VQ_SIZE_LIMIT)
+        vq_size_max = n;
+}
+
 /* ---- queue memory: one 4 KiB page per queue, from a static pool ---- */
 
 #define QUEUE_PAGES (MAX_DEVICES * VDEV_MAX_QUEUES)
@@ -226,7 +234,7 @@ bool vq_setup(struct vdev *d, unsigned index)
              index);
         return false;
     }
-    uint16_t num = max < VQ_SIZE_MAX ? (uint16_t)max : VQ_SIZE_MAX;
+    uint16_t num = max < vq_size_max ? (uint16_t)max : vq_size_max;
 
     /* Page layout: descriptors at 0 (16-byte aligned), avail ring at
      * 1024 (2-byte aligned), used ring at 2048 (4-byte aligned). */
@@ -390,5 +398,57 @@ bool vq_wait(struct virtq *q, uint16_t head, uint32_t *len)
     }
     if (len)
         *len = l;
+    return true;
+}
+
+bool vq_wait_all(struct virtq *q, unsigned n, uint16_t *ids, uint32_t *lens)
+{
+    struct vdev *d = q->dev;
+    volatile uint16_t *used_idx = &q->used->idx;
+    uint16_t target = (uint16_t)(q->last_used + n);
+    uint32_t start = timer_ticks(), config_seen = d->irq_config;
+    uint32_t checked = start;
+
+    for (;;) {
+        cli();
+        uint16_t used = *used_idx;
+        if ((uint16_t)(used - q->last_used) > n) {
+            fail("%s: queue %u: used.idx %u ran past %u (%u requests in "
+                 "flight)", d->name, q->index, used, target, n);
+            return false;
+        }
+        if (used == target)
+            break;
+        /* A config interrupt, or once a second: has the device given up? */
+        if (d->irq_config != config_seen ||
+            timer_ticks() - checked >= TIMER_TICKS_PER_SECOND) {
+            config_seen = d->irq_config;
+            checked = timer_ticks();
+            uint32_t st = rd(d, VIRTIO_MMIO_STATUS);
+            if (st & VIRTIO_STATUS_NEEDS_RESET) {
+                fail("%s: queue %u: device set DEVICE_NEEDS_RESET (status "
+                     "0x%x) with %u of %u requests done", d->name, q->index,
+                     st, (uint16_t)(used - q->last_used), n);
+                return false;
+            }
+        }
+        if (timer_ticks() - start > timeout_ticks) {
+            fail("%s: queue %u: timeout, %u of %u requests completed "
+                 "(avail.idx %u used.idx %u, status 0x%x, %u interrupts)",
+                 d->name, q->index, (uint16_t)(used - q->last_used), n,
+                 q->avail_idx, used, rd(d, VIRTIO_MMIO_STATUS),
+                 d->irq_count);
+            return false;
+        }
+        sti_hlt();
+    }
+    mb();                       /* read idx before the ring entries */
+    for (unsigned i = 0; i < n; i++) {
+        struct vring_used_elem *e = &q->used->ring[q->last_used % q->num];
+        ids[i] = (uint16_t)e->id;
+        if (lens)
+            lens[i] = e->len;
+        q->last_used++;
+    }
     return true;
 }

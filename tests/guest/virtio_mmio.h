@@ -103,6 +103,8 @@ struct vring_used {
 /* Queue size we ask for (at most): small on purpose, so that the few
  * requests of a test run wrap around the rings. */
 #define VQ_SIZE_MAX     8
+/* Largest size the one-page queue layout holds (descriptors below 1 KiB). */
+#define VQ_SIZE_LIMIT   64
 #define VDEV_MAX_QUEUES 2
 
 struct vdev;
@@ -168,6 +170,14 @@ uint64_t vdev_config_read64(struct vdev *d, uint32_t off);
 
 /* Queue a chain of n buffers (n <= vq->num) and notify; returns the head. */
 uint16_t vq_submit(struct virtq *q, const struct vq_buf *bufs, unsigned n);
+/* Queue size vq_setup() asks for at most (default VQ_SIZE_MAX; the stress
+ * mode uses more, to have several requests in flight). */
+void vq_set_size_max(uint16_t n);
+/* Wait for the next n completions (several requests in flight); their used
+ * ids (and lengths, if lens) in completion order.  Wakes on interrupts and
+ * timer ticks; does not require an interrupt per completion.  Returns false
+ * after fail() on timeout or when the device sets DEVICE_NEEDS_RESET. */
+bool vq_wait_all(struct virtq *q, unsigned n, uint16_t *ids, uint32_t *lens);
 /* Wait (by interrupt) for the completion of head; *len = used length.
  * Returns false after fail() on timeout, missing interrupt, wrong id. */
 bool vq_wait(struct virtq *q, uint16_t head, uint32_t *len);

@@ -14,6 +14,7 @@
 //! the driver negotiated.
 
 use serde_json::{json, Value};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::BusDevice;
@@ -250,6 +251,13 @@ impl VirtioMmioDevice {
             );
             return Ok(());
         }
+        // Requests the guest submitted and has not seen completed: the new
+        // back end redoes them (in-flight region, or from the used index).
+        let pending: u32 = self
+            .ready_rings()
+            .iter()
+            .map(|r| u32::from(self.avail_idx(r).wrapping_sub(self.used_idx(r))))
+            .sum();
         if let Err(e) = self.start_rings(true) {
             self.backend_gone(&e.to_string());
             return Err(e);
@@ -262,7 +270,8 @@ impl VirtioMmioDevice {
         }
         self.link.came_back();
         eprintln!(
-            "vmm: {} back end at {} reconnected (reconnect {}), rings restarted",
+            "vmm: {} back end at {} reconnected (reconnect {}), rings restarted with \
+             {pending} request(s) in flight",
             self.name,
             self.proxy.socket().display(),
             self.link.reconnects()
@@ -303,9 +312,15 @@ impl VirtioMmioDevice {
 
     /// The used ring's idx as the guest sees it.
     fn used_idx(&self, ring: &RingConfig) -> u16 {
-        use vm_memory::{Bytes, GuestAddress};
         self.mem
             .read_obj::<u16>(GuestAddress(ring.used + 2))
+            .unwrap_or(0)
+    }
+
+    /// The avail ring's idx as the driver published it.
+    fn avail_idx(&self, ring: &RingConfig) -> u16 {
+        self.mem
+            .read_obj::<u16>(GuestAddress(ring.avail + 2))
             .unwrap_or(0)
     }
 

@@ -163,19 +163,29 @@ impl Connection {
     }
 }
 
-/// Connects to `socket` and runs the handshake under the watchdog.
+/// Connects to `socket` and runs the handshake under the watchdog. At
+/// start-up (`patient`) a refused connection is retried for half a second
+/// (the vhost crate's `Frontend::connect`); a reconnect tries once, its
+/// caller does the backoff.
 pub fn establish(
     socket: &Path,
     ty: &DeviceType,
     config_size: u32,
     requested_queues: Option<u16>,
+    patient: bool,
 ) -> Result<Connection, ProxyError> {
     let path = socket.display().to_string();
-    let mut fe =
-        Frontend::connect(socket, u64::from(MAX_QUEUES)).map_err(|source| ProxyError::Connect {
-            path: path.clone(),
-            source,
-        })?;
+    let connect_err = |source| ProxyError::Connect {
+        path: path.clone(),
+        source,
+    };
+    let mut fe = if patient {
+        Frontend::connect(socket, u64::from(MAX_QUEUES)).map_err(connect_err)?
+    } else {
+        let stream = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| connect_err(vhost::Error::IOError(e)))?;
+        Frontend::from_stream(stream, u64::from(MAX_QUEUES))
+    };
     let watchdog = Watchdog::new().map_err(|e| ProxyError::Connect {
         path: path.clone(),
         source: vhost::Error::IOError(e),
@@ -208,7 +218,13 @@ pub struct Target {
 
 impl Target {
     pub fn connect(&self) -> Result<Connection, ProxyError> {
-        establish(&self.socket, &self.ty, self.config_size, Some(self.queues))
+        establish(
+            &self.socket,
+            &self.ty,
+            self.config_size,
+            Some(self.queues),
+            false,
+        )
     }
 }
 
@@ -232,7 +248,7 @@ impl VhostUserProxy {
         config_size: u32,
         requested_queues: Option<u16>,
     ) -> Result<Self, ProxyError> {
-        let conn = establish(socket, ty, config_size, requested_queues)?;
+        let conn = establish(socket, ty, config_size, requested_queues, true)?;
         Ok(Self {
             socket: socket.to_path_buf(),
             ty: *ty,

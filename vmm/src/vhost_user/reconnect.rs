@@ -45,8 +45,12 @@ pub struct Link {
     reconnects: u64,
     /// Failed reconnect attempts in the current outage.
     attempts: u64,
-    /// Why the device was set DEVICE_NEEDS_RESET after a reconnect.
+    /// Why the device is DEVICE_NEEDS_RESET after a reconnect (until the
+    /// driver resets it).
     needs_reset: Option<String>,
+    /// Times that happened, and the last reason (kept after the reset).
+    needs_reset_events: u64,
+    last_needs_reset: Option<String>,
     /// A reconnect thread is running for this device.
     reconnecting: Arc<AtomicBool>,
     /// When the last reconnect restarted the device, and when the guest saw
@@ -90,6 +94,10 @@ impl Link {
     }
 
     pub fn set_needs_reset(&mut self, why: Option<String>) {
+        if why.is_some() {
+            self.needs_reset_events += 1;
+            self.last_needs_reset.clone_from(&why);
+        }
         self.needs_reset = why;
     }
 
@@ -108,6 +116,8 @@ impl Link {
             "reconnect_attempts": self.attempts,
             "needs_reset": self.needs_reset.is_some(),
             "needs_reset_reason": self.needs_reset,
+            "needs_reset_events": self.needs_reset_events,
+            "last_needs_reset_reason": self.last_needs_reset,
             "reconnected_at_ms": epoch_ms(self.reconnected_at),
             "first_completion_after_reconnect_ms": epoch_ms(self.first_completion),
         })
@@ -265,5 +275,10 @@ mod tests {
         assert!(v["down_total_ms"].as_u64().unwrap() >= 20);
         l.set_needs_reset(Some("lost features 0x4000".into()));
         assert_eq!(l.describe()["needs_reset"], true);
+        l.set_needs_reset(None);
+        let v = l.describe();
+        assert_eq!(v["needs_reset"], false);
+        assert_eq!(v["needs_reset_events"], 1);
+        assert_eq!(v["last_needs_reset_reason"], "lost features 0x4000");
     }
 }
