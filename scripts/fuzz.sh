@@ -1,9 +1,9 @@
 #!/bin/bash
-# Builds every fuzz target (fuzz/, cargo-fuzz + libFuzzer) and runs each for a
-# bounded time on one core, starting from its checked-in seed corpus
-# (fuzz/corpus/<target>) after replaying every saved crash input
-# (fuzz/regressions/<target>). Fails if any input panics, aborts, hangs
-# (10 s per input), or exceeds 2 GiB of RSS.
+# Runs the fuzz harnesses' tests, then builds every fuzz target (fuzz/,
+# cargo-fuzz + libFuzzer) and runs each for a bounded time on one core,
+# starting from its checked-in seed corpus (fuzz/corpus/<target>) after
+# replaying every saved crash input (fuzz/regressions/<target>). Fails if any
+# input panics, aborts, hangs (10 s per input), or exceeds 2 GiB of RSS.
 #
 #   scripts/fuzz.sh [seconds-per-target] [target...]    (default 60 s, all targets)
 #   FUZZ_RUNS=N scripts/fuzz.sh 0 blk_request           stop after N executions instead
@@ -31,6 +31,12 @@ if [[ $sanitizer != none ]]; then
     export RUSTC_BOOTSTRAP=1
 fi
 
+# The harnesses' own tests: seeds and saved crash inputs replayed, and the
+# seeds checked to still reach what they are for (a harness that rots into
+# testing nothing fails here, not silently).
+echo "fuzz: harness tests (fuzz/tests/corpus.rs)"
+cargo test --manifest-path fuzz/Cargo.toml --tests -q
+
 echo "fuzz: building ${targets[*]} (sanitizer $sanitizer)"
 for t in "${targets[@]}"; do
     cargo fuzz build --sanitizer "$sanitizer" --release "$t"
@@ -55,14 +61,18 @@ for t in "${targets[@]}"; do
     [[ -n ${FUZZ_RUNS:-} ]] && limit=(-runs="$FUZZ_RUNS")
     echo "fuzz: $t: ${FUZZ_RUNS:+$FUZZ_RUNS runs}${FUZZ_RUNS:-$secs s}"
     log=$work/fuzz.log
-    if "$bin" "$work/corpus" "fuzz/corpus/$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 \
-        -artifact_prefix="$work/" -print_final_stats=1 >"$log" 2>&1; then
+    rc=0
+    "$bin" "$work/corpus" "fuzz/corpus/$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$work/" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+    if [[ $rc -eq 0 ]]; then
         execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
         rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
         cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
         echo "fuzz: $t: ok, $execs executions, $rate exec/s, $cov"
     else
         grep -vE '^#[0-9]+' "$log" | tail -40
+        # A signal libFuzzer does not catch (SIGPIPE, SIGKILL) leaves no input behind.
+        [[ $rc -gt 128 ]] && echo "fuzz: $t: killed by signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null))" >&2
         echo "fuzz: $t: FAILED; input saved as: $(ls "$work"/crash-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | tr '\n' ' ')" >&2
         failed+=("$t")
     fi

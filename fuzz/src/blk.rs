@@ -83,6 +83,7 @@ pub fn guest() -> &'static GuardedMemory {
 }
 
 pub fn run(data: &[u8]) {
+    crate::init();
     let fx = fixture();
     fx.mem.reset();
     let mut input = Input::new(data);

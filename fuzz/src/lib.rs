@@ -22,3 +22,16 @@ pub fn debug() -> bool {
     static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *D.get_or_init(|| std::env::var_os("SPLITVM_FUZZ_DEBUG").is_some())
 }
+
+/// Process set-up every harness needs once: SIGPIPE ignored, as the Rust
+/// runtime does before a daemon's `main` (libFuzzer's `main` is C, so
+/// without this a back end writing to a socket whose peer is gone, e.g. a
+/// call fd the front end made from a closed socketpair, would kill the
+/// fuzzer instead of getting EPIPE as the real daemon does).
+pub fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: setting a signal's disposition to "ignore".
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    });
+}

@@ -86,6 +86,7 @@ fn fixture() -> &'static Fixture {
 }
 
 pub fn run(data: &[u8]) {
+    crate::init();
     let fx = fixture();
     let mut input = Input::new(data);
     let ctl = input.u8();

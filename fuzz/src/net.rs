@@ -46,6 +46,7 @@ fn socketpair() -> (OwnedFd, OwnedFd) {
 }
 
 pub fn run(data: &[u8]) {
+    crate::init();
     let mem = memory();
     mem.reset();
     let mut input = Input::new(data);

@@ -339,6 +339,7 @@ pub fn run(data: &[u8]) {
 /// [`run`], returning the input's guest RAM memfd (for tests that look at
 /// what the back end did).
 pub fn run_with_ram(data: &[u8]) -> File {
+    crate::init();
     static RUNS: AtomicU64 = AtomicU64::new(0);
     static BASELINE: AtomicU64 = AtomicU64::new(0);
     let server = blk_server();
