@@ -48,11 +48,12 @@ fn jitter(max_ms: u64) -> Duration {
     Duration::from_millis(n.wrapping_mul(2_654_435_761) % (max_ms + 1))
 }
 
-fn now_ms() -> u64 {
+fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
+        .as_micros() as f64
+        / 1000.0
 }
 
 /// A back end restarted with the same command; its stderr goes to a log
@@ -105,6 +106,26 @@ impl Backend {
 
     fn start_with(&mut self, extra: &[&str]) {
         let before = self.log_text().matches("listening on").count();
+        self.spawn(extra);
+        self.wait_listening(before);
+    }
+
+    /// Waits until the log has more than `before` "listening on" lines.
+    fn wait_listening(&self, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_text().matches("listening on").count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {} within 20 s\n{}",
+                self.name,
+                self.socket.display(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,17 +141,6 @@ impl Backend {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.log_text().matches("listening on").count() == before {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on {} within 20 s\n{}",
-                self.name,
-                self.socket.display(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     fn pid(&self) -> i32 {
@@ -555,16 +565,26 @@ fn bench_reconnect() {
         });
         blk.kill9();
         std::thread::sleep(Duration::from_millis(200));
-        blk.start();
+        // The new instance's bind creates the socket file: watch for it
+        // closely (100 us), it listens right after.
+        let _ = std::fs::remove_file(&blk.socket);
+        let before = blk.log_text().matches("listening on").count();
+        blk.spawn(&[]);
+        let spin = Instant::now() + Duration::from_secs(20);
+        while !blk.socket.exists() {
+            assert!(Instant::now() < spin, "blk did not bind");
+            std::thread::sleep(Duration::from_micros(100));
+        }
         let listening = now_ms();
+        blk.wait_listening(before);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (attached, first) = loop {
             let st = vmm.status();
             let d = &st["devices"][0];
             if d["reconnects"] == (k + 1) as u64 {
                 if let (Some(a), Some(f)) = (
-                    d["reconnected_at_ms"].as_u64(),
-                    d["first_completion_after_reconnect_ms"].as_u64(),
+                    d["reconnected_at_ms"].as_f64(),
+                    d["first_completion_after_reconnect_ms"].as_f64(),
                 ) {
                     break (a, f);
                 }
@@ -572,20 +592,21 @@ fn bench_reconnect() {
             assert!(Instant::now() < deadline, "no completion: {st}");
             std::thread::sleep(Duration::from_millis(5));
         };
-        let ms = first.saturating_sub(listening);
+        let ms = first - listening;
         eprintln!(
-            "reconnect {}: listening -> first completion {ms} ms (reconnected after {} ms: \
-             backoff wait + handshake + ring restart; then {} ms to the first completion)",
+            "reconnect {}: listening -> first completion {ms:.2} ms (reconnected after \
+             {:.2} ms: wait for the attempt + handshake + ring restart; then {:.2} ms to the \
+             first completion)",
             k + 1,
-            attached.saturating_sub(listening),
-            first.saturating_sub(attached)
+            attached - listening,
+            first - attached
         );
         samples.push(ms);
     }
-    samples.sort_unstable();
+    samples.sort_by(f64::total_cmp);
     eprintln!(
         "bench_reconnect: {} runs, back end listening -> first completed guest request: \
-         median {} ms, min {} ms, max {} ms",
+         median {:.2} ms, min {:.2} ms, max {:.2} ms",
         samples.len(),
         samples[samples.len() / 2],
         samples[0],

@@ -133,6 +133,7 @@ impl VirtioMmioDevice {
         proxy: VhostUserProxy,
     ) -> std::io::Result<Self> {
         let n = proxy.info().queues as usize;
+        let proxy_socket = proxy.socket().to_path_buf();
         let kicks = (0..n)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()?;
@@ -160,7 +161,7 @@ impl VirtioMmioDevice {
             calls,
             activated: false,
             inflight: None,
-            link: Link::default(),
+            link: Link::new(proxy_socket.as_path()),
             name: format!("{}@{mmio_base:#x}", ty.name),
         })
     }

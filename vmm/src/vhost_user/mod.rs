@@ -7,6 +7,7 @@
 pub mod inflight;
 pub mod proxy;
 pub mod reconnect;
+pub mod socket_watch;
 pub mod watchdog;
 
 use vhost::vhost_user::VhostUserProtocolFeatures;
