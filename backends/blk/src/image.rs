@@ -113,6 +113,17 @@ impl Image {
         self.readonly
     }
 
+    /// The open file, for I/O submitted elsewhere (io_uring).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Whether the image is open with O_DIRECT (guest buffers then go through an aligned
+    /// bounce buffer, so they cannot be handed to the kernel as they are).
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
     /// Reads exactly the iovecs' total length at `offset`.
     pub fn read_vectored_at(&self, iovs: &mut [libc::iovec], offset: u64) -> io::Result<()> {
         if self.direct {

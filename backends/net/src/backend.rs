@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -85,7 +86,12 @@ pub struct NetBackend {
     active_pairs: Arc<AtomicU16>,
     workers: Arc<Mutex<Vec<WorkerHandle>>>,
     pub stats: Arc<Stats>,
+    /// Adaptive busy-poll window of the TX rings (0: off); see [`NetBackend::with_poll`].
+    poll: Duration,
 }
+
+/// While busy-polling TX, how often the tap is read for RX as well.
+const POLL_RX_EVERY: Duration = Duration::from_micros(20);
 
 enum RxOutcome {
     Delivered,
@@ -116,6 +122,58 @@ impl NetBackend {
             active_pairs: Arc::new(AtomicU16::new(1)),
             workers: Arc::new(Mutex::new(Vec::new())),
             stats: Arc::new(Stats::default()),
+            poll: Duration::ZERO,
+        }
+    }
+
+    /// Adaptive busy-poll of the TX rings: after a kick, keep taking frames (guest kicks
+    /// still suppressed) until the ring has been empty for `window`, reading the tap for RX
+    /// every 20 µs meanwhile; then sleep on the eventfds again.
+    pub fn with_poll(mut self, window: Duration) -> Self {
+        self.poll = window;
+        self
+    }
+
+    /// Whether the guest has published buffers on `vring` that we have not taken.
+    fn has_avail(&self, vring: &Vring) -> bool {
+        let Some(guard) = self.memory() else {
+            return false;
+        };
+        let mem: &GuestMemory = &guard;
+        let st = vring.get_ref();
+        let q = st.get_queue();
+        q.avail_idx(mem, Ordering::Acquire)
+            .map(|i| i.0 != q.next_avail())
+            .unwrap_or(false)
+    }
+
+    /// TX kick with busy-polling on (see `with_poll`).
+    fn drain_tx_polling(&self, i: usize, vrings: &[Vring]) -> io::Result<()> {
+        let tx = &vrings[1];
+        loop {
+            tx.disable_notification().map_err(io::Error::other)?;
+            self.process_tx(i, tx)?;
+            let now = Instant::now();
+            let mut deadline = now + self.poll;
+            let mut next_rx = now + POLL_RX_EVERY;
+            loop {
+                let now = Instant::now();
+                if self.has_avail(tx) {
+                    self.process_tx(i, tx)?;
+                    deadline = Instant::now() + self.poll;
+                } else if now >= deadline {
+                    break;
+                } else {
+                    std::hint::spin_loop();
+                }
+                if now >= next_rx {
+                    self.process_rx(i, &vrings[0])?;
+                    next_rx = now + POLL_RX_EVERY;
+                }
+            }
+            if !tx.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
         }
     }
 
@@ -726,6 +784,7 @@ impl VhostUserBackend for NetBackend {
         }
         match device_event {
             0 => self.process_rx(i, &vrings[0]),
+            1 if !self.poll.is_zero() => self.drain_tx_polling(i, vrings),
             1 => self.drain(&vrings[1], |v| self.process_tx(i, v)),
             2 if i == 0 => self.drain(&vrings[2], |v| self.process_ctrl(v)),
             e => Err(io::Error::other(format!("unknown event {e}"))),

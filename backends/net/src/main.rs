@@ -34,6 +34,12 @@ struct Args {
     /// MTU announced to the guest (68..=65535; set the tap's own MTU to match).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(68..))]
     mtu: u16,
+
+    /// Adaptive busy-poll of the TX ring: after a kick, keep polling for up to this many
+    /// microseconds after the last frame before sleeping again (0: never poll).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    poll_us: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +110,8 @@ fn main() -> ExitCode {
                 queue_size: args.queue_size,
                 mtu: args.mtu,
             },
-        ))
+        )
+        .with_poll(std::time::Duration::from_micros(args.poll_us)))
     };
     // Beyond the daemon core (which has read/write/readv/writev on any open
     // fd, so on the tap queues): the tap ioctls used while serving (offloads
