@@ -163,6 +163,75 @@ impl Backend {
         std::thread::sleep(frozen);
         self.kill9();
     }
+
+    /// SIGSTOP, and wait until every thread has stopped.
+    fn freeze(&self) {
+        let pid = self.pid();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            let all = tasks.flatten().all(|t| {
+                let st = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // "pid (comm) S ...": the state follows the last ')'.
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|c| c == "T" || c == "t")
+            });
+            if all || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Requests marked in flight in the back end's in-flight region (split
+    /// layout: 16-byte header per queue, then 16 bytes per descriptor whose
+    /// first byte is the in-flight flag), read through the VMM's
+    /// /proc/PID/fd (the VMM keeps the memfd; the back end only maps it).
+    fn in_flight_now(vmm_pid: u32) -> usize {
+        let pid = vmm_pid;
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return 0;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !target.to_string_lossy().contains("splitvm-inflight") {
+                continue;
+            }
+            let Ok(region) = std::fs::read(fd.path()) else {
+                continue;
+            };
+            // One queue of 32 descriptors (the stress guest's ring).
+            return (0..32)
+                .filter(|h| region.get(16 + 16 * h) == Some(&1))
+                .count();
+        }
+        0
+    }
+
+    /// Catches the back end with requests taken off the ring and not yet
+    /// completed, and kills it there: freeze, look at the in-flight region,
+    /// let it run a little if nothing is in flight, again. Returns how many
+    /// were in flight, or `None` when it never caught one.
+    fn kill9_mid_request(&mut self, vmm_pid: u32, tries: usize) -> Option<usize> {
+        for _ in 0..tries {
+            self.freeze();
+            let n = Self::in_flight_now(vmm_pid);
+            if n > 0 {
+                self.kill9();
+                return Some(n);
+            }
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+            std::thread::sleep(Duration::from_micros(200) + jitter(1));
+        }
+        None
+    }
 }
 
 impl Drop for Backend {
@@ -367,10 +436,13 @@ fn assert_clean_pass(stdout: &str, stderr: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Kill -9 the blk back end four times while the stress guest runs: twice
-/// right after a progress line, twice frozen first (SIGSTOP) so that the
-/// guest's next batch of 8 requests is in flight at the kill. Restarted
-/// after a random pause with the same command each time.
+/// Kill -9 the blk back end four times while the stress guest runs, each
+/// time after a progress line: first caught mid-request (frozen while its
+/// in-flight region, read through the VMM's memfd, shows requests taken off
+/// the ring and not completed: the next back end must redo them from the
+/// region), then frozen for 30 ms (the guest's next batch of 8 is queued
+/// and waits: kick replay), then twice at once. Restarted after a random
+/// pause with the same command each time.
 #[test]
 fn blk_killed_repeatedly_guest_does_not_notice() {
     let dir = TempDir::new("vmm-restart-blk");
@@ -388,6 +460,7 @@ fn blk_killed_repeatedly_guest_does_not_notice() {
         ],
     );
     const KILLS: usize = 4;
+    let mut caught = None;
     for k in 0..KILLS {
         let seen = vmm.rounds(BLK);
         vmm.wait_until("a blk progress line", Duration::from_secs(60), |o, _| {
@@ -398,10 +471,15 @@ fn blk_killed_repeatedly_guest_does_not_notice() {
             "the guest finished before kill {k}: raise guestiters\n{}",
             vmm.dump()
         );
-        if k % 2 == 1 {
-            blk.stop_then_kill9(Duration::from_millis(30));
-        } else {
-            blk.kill9();
+        match k {
+            1 => blk.stop_then_kill9(Duration::from_millis(30)),
+            0 => {
+                caught = blk.kill9_mid_request(vmm.child.id(), 5000);
+                if caught.is_none() {
+                    blk.kill9();
+                }
+            }
+            _ => blk.kill9(),
         }
         std::thread::sleep(jitter(300));
         blk.start();
@@ -426,11 +504,16 @@ fn blk_killed_repeatedly_guest_does_not_notice() {
         in_flight.iter().any(|&n| n > 0),
         "no restart found requests in flight: {in_flight:?}\n{stderr}"
     );
+    let resubmitted = blk.log_text().matches("resubmitting").count();
     eprintln!(
-        "requests in flight at each restart: {in_flight:?}; back end resubmitted from \
-         its in-flight region {} time(s)",
-        blk.log_text().matches("resubmitting").count()
+        "requests in flight at each restart: {in_flight:?}; killed with {caught:?} taken off \
+         the ring; back end resubmitted from its in-flight region {resubmitted} time(s)"
     );
+    // The first kill caught the back end mid-request: the next one found
+    // those requests in the region the VMM handed over and redid them.
+    let caught = caught.expect("never caught the back end with a request in flight");
+    assert!(caught > 0);
+    assert!(resubmitted >= 1, "{}", blk.log_text());
     check_image(&img, &stdout);
 }
 
