@@ -631,7 +631,16 @@ mod tests {
 
     /// A vhost-user back end without protocol features that records the
     /// request codes it gets and answers the GET_* ones.
-    fn fake_backend(sock: &std::path::Path) -> mpsc::Receiver<u32> {
+    fn fake_backend(sock: &std::path::Path) -> mpsc::Receiver<(u32, Vec<u8>)> {
+        fake_backend_offering(sock, F_VERSION_1 | F_DEVICE_BIT | F_PACKED)
+    }
+
+    /// The same, offering `features`; it also passes on each request's body.
+    fn fake_backend_offering(
+        sock: &std::path::Path,
+        features: u64,
+    ) -> mpsc::Receiver<(u32, Vec<u8>)> {
+        let _ = std::fs::remove_file(sock);
         let listener = UnixListener::bind(sock).unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -645,7 +654,7 @@ mod tests {
                 let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
                 let mut body = vec![0u8; size];
                 c.read_exact(&mut body).unwrap();
-                let _ = tx.send(req);
+                let _ = tx.send((req, body));
                 let reply = |c: &mut std::os::unix::net::UnixStream, payload: &[u8]| {
                     let mut m = req.to_le_bytes().to_vec();
                     m.extend_from_slice(&5u32.to_le_bytes());
@@ -654,10 +663,7 @@ mod tests {
                     c.write_all(&m).unwrap();
                 };
                 match req {
-                    1 => reply(
-                        &mut c,
-                        &(F_VERSION_1 | F_DEVICE_BIT | F_PACKED).to_le_bytes(),
-                    ),
+                    1 => reply(&mut c, &features.to_le_bytes()),
                     // GET_VRING_BASE: index 0, num 7
                     11 => reply(&mut c, &[0, 0, 0, 0, 7, 0, 0, 0]),
                     _ => {}
@@ -739,11 +745,136 @@ mod tests {
         assert_eq!(d.proxy().state(), &ConnState::Connected);
         assert_eq!(rd(&mut d, REG_QUEUE_READY), 0);
 
-        let got: Vec<u32> = rx.try_iter().collect();
+        let got: Vec<u32> = rx.try_iter().map(|(r, _)| r).collect();
         // SET_OWNER, GET_FEATURES | SET_FEATURES, SET_MEM_TABLE, SET_VRING_NUM,
         // SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_KICK, SET_VRING_CALL |
         // GET_VRING_BASE (no SET_VRING_ENABLE: no protocol features).
         assert_eq!(got, vec![3, 1, 2, 5, 8, 9, 10, 12, 13, 11]);
         let _ = std::fs::remove_file(&dir);
+    }
+
+    /// A device driven to DRIVER_OK with ring 0 (size 16) at 0x10_0000.
+    fn live_device(sock: &std::path::Path) -> (VirtioMmioDevice, mpsc::Receiver<(u32, Vec<u8>)>) {
+        let rx = fake_backend(sock);
+        let ty = DeviceType::for_kind(DeviceKind::Rng);
+        let proxy = VhostUserProxy::connect(sock, &ty, 0, None).unwrap();
+        let mem = crate::memory::create_guest_memory(16 << 20, false).unwrap();
+        let mut d = VirtioMmioDevice::new(ty, 0xd000_0000, 5, mem, proxy).unwrap();
+        wr(&mut d, REG_STATUS, 1 | 2);
+        wr(&mut d, REG_DRIVER_FEATURES_SEL, 0);
+        wr(&mut d, REG_DRIVER_FEATURES, F_DEVICE_BIT as u32);
+        wr(&mut d, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut d, REG_DRIVER_FEATURES, 1);
+        wr(&mut d, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        wr(&mut d, REG_QUEUE_SEL, 0);
+        wr(&mut d, REG_QUEUE_NUM, 16);
+        wr(&mut d, REG_QUEUE_DESC_LOW, 0x10_0000);
+        wr(&mut d, REG_QUEUE_DRIVER_LOW, 0x10_1000);
+        wr(&mut d, REG_QUEUE_DEVICE_LOW, 0x10_2000);
+        wr(&mut d, REG_QUEUE_READY, 1);
+        wr(
+            &mut d,
+            REG_STATUS,
+            1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(d.proxy().state(), &ConnState::Active);
+        (d, rx)
+    }
+
+    /// Up to `n` requests the fake back end got (messages without a reply
+    /// may still be on their way: wait a little for each).
+    fn take(rx: &mpsc::Receiver<(u32, Vec<u8>)>, n: usize) -> Vec<(u32, Vec<u8>)> {
+        let mut v = Vec::new();
+        while v.len() < n {
+            match rx.recv_timeout(std::time::Duration::from_millis(300)) {
+                Ok(m) => v.push(m),
+                Err(_) => break,
+            }
+        }
+        v
+    }
+
+    fn sock_path(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("vmm-mmio-{tag}-{}", std::process::id()))
+    }
+
+    /// A back end that comes back: the whole handshake again, then the ring
+    /// at the guest's used index, and one replayed kick and call.
+    #[test]
+    fn reattach_restarts_rings_at_the_used_index() {
+        let sock = sock_path("reattach");
+        let (mut d, _rx_a) = live_device(&sock);
+        // The guest has published 7 requests, 5 completed.
+        d.mem.write_obj(7u16, GuestAddress(0x10_1002)).unwrap();
+        d.mem.write_obj(5u16, GuestAddress(0x10_2002)).unwrap();
+        let _ = d.kicks()[0].read();
+        let _ = d.calls()[0].read();
+
+        d.backend_gone("test: killed");
+        assert!(!d.is_connected());
+        assert_eq!(d.describe()["state"], "disconnected");
+        assert!(d.describe()["down_ms"].is_u64());
+        // The guest still sees a live device.
+        assert_eq!(rd(&mut d, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+
+        let rx_b = fake_backend(&sock);
+        let conn = d.proxy().target().connect().unwrap();
+        d.reattach(conn).unwrap();
+        assert_eq!(d.proxy().state(), &ConnState::Active);
+        let got = take(&rx_b, 9);
+        let codes: Vec<u32> = got.iter().map(|(r, _)| *r).collect();
+        // SET_OWNER, GET_FEATURES | SET_FEATURES, SET_MEM_TABLE, NUM, ADDR,
+        // BASE, KICK, CALL (no protocol features: no inflight, no enable).
+        assert_eq!(codes, vec![3, 1, 2, 5, 8, 9, 10, 12, 13]);
+        let base = &got[6].1;
+        assert_eq!(
+            base[..8],
+            [0, 0, 0, 0, 5, 0, 0, 0],
+            "SET_VRING_BASE: ring 0 at used.idx 5"
+        );
+        let features = u64::from_le_bytes(got[2].1[..8].try_into().unwrap());
+        assert_eq!(features, F_VERSION_1 | F_DEVICE_BIT, "the guest's features");
+        assert_eq!(d.kicks()[0].read().unwrap(), 1, "kick replayed");
+        assert_eq!(d.calls()[0].read().unwrap(), 1, "call replayed");
+        let v = d.describe();
+        assert_eq!(v["reconnects"], 1);
+        assert!(v["down_ms"].is_null());
+        assert_eq!(v["needs_reset"], false);
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    /// A back end that comes back without a feature the driver negotiated:
+    /// DEVICE_NEEDS_RESET with a configuration interrupt, rings not started;
+    /// after the driver's reset the device offers what the new one offers.
+    #[test]
+    fn reattach_with_fewer_features_needs_reset() {
+        let sock = sock_path("fewer");
+        let (mut d, _rx_a) = live_device(&sock);
+        let _ = d.calls()[0].read();
+        d.backend_gone("test: killed");
+
+        let rx_b = fake_backend_offering(&sock, F_VERSION_1);
+        let conn = d.proxy().target().connect().unwrap();
+        d.reattach(conn).unwrap();
+        let codes: Vec<u32> = take(&rx_b, 3).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(codes, vec![3, 1], "handshake only, no ring set-up");
+        assert_ne!(rd(&mut d, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert_eq!(rd(&mut d, REG_INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
+        assert_eq!(d.calls()[0].read().unwrap(), 1, "configuration interrupt");
+        let v = d.describe();
+        assert_eq!(v["needs_reset"], true);
+        assert_eq!(v["state"], "connected");
+        assert!(v["needs_reset_reason"]
+            .as_str()
+            .unwrap()
+            .contains("lost 0x20"));
+        // The driver resets the device and starts again.
+        wr(&mut d, REG_STATUS, 0);
+        assert_eq!(rd(&mut d, REG_STATUS), 0);
+        assert_eq!(d.describe()["needs_reset"], false);
+        assert_eq!(d.describe()["needs_reset_events"], 1);
+        wr(&mut d, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut d, REG_DEVICE_FEATURES), 0, "the new offer");
+        let _ = std::fs::remove_file(&sock);
     }
 }
