@@ -77,6 +77,30 @@ pub enum ProxyError {
     Timeout { path: String, secs: u64 },
 }
 
+impl ProxyError {
+    /// The socket failed (as opposed to a refusal or a bad value): the
+    /// connection is unusable.
+    pub fn is_connection_lost(&self) -> bool {
+        use vhost::vhost_user::Error as U;
+        let ProxyError::Protocol { source, .. } = self else {
+            return false;
+        };
+        match source {
+            vhost::Error::IOError(_) => true,
+            vhost::Error::VhostUserProtocol(u) => matches!(
+                u,
+                U::Disconnected
+                    | U::PartialMessage
+                    | U::SocketError(_)
+                    | U::SocketBroken(_)
+                    | U::SocketRetry(_)
+                    | U::InvalidMessage
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> ProxyError {
     move |source| ProxyError::Protocol { step, source }
 }
@@ -434,6 +458,13 @@ impl VhostUserProxy {
             let secs = REPLY_TIMEOUT.as_secs();
             self.mark_disconnected(&format!("no answer within {secs} s"));
             return Err(ProxyError::Timeout { path, secs });
+        }
+        // A broken connection counts as a dead back end (the reconnect
+        // takes over), like a hang-up seen by the main loop.
+        if let Err(e) = &r {
+            if e.is_connection_lost() {
+                self.mark_disconnected(&e.to_string());
+            }
         }
         r
     }

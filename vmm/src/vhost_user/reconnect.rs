@@ -155,7 +155,10 @@ impl Link {
 /// Starts a reconnect thread for `dev` unless one is running.
 pub fn start(dev: &Arc<Mutex<VirtioMmioDevice>>, exit: &ExitSignal) {
     let flag = {
-        let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+        // The outage may have begun inside an exchange (a broken socket,
+        // the watchdog) rather than at a hang-up: start its clock here too.
+        d.link_mut().went_down();
         d.link().reconnecting.clone()
     };
     if flag.swap(true, Ordering::AcqRel) {
