@@ -482,6 +482,26 @@ fn blk_killed_repeatedly_guest_does_not_notice() {
             _ => blk.kill9(),
         }
         std::thread::sleep(jitter(300));
+        if k == 2 {
+            // During the outage: blk is down, rng untouched, and the API
+            // (which takes every device's lock, as a vCPU's MMIO access
+            // does) answers at once: nothing waits on the dead back end.
+            let gone = k + 1;
+            vmm.wait_until("the disconnect", Duration::from_secs(10), |_, e| {
+                e.matches("disconnected; the VM keeps running").count() >= gone
+            });
+            let t = Instant::now();
+            let st = vmm.status();
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+            assert_eq!(st["devices"][0]["state"], "disconnected", "{st}");
+            assert_ne!(st["devices"][1]["state"], "disconnected", "{st}");
+            assert_eq!(st["devices"][0]["reconnects"], k as u64, "{st}");
+            assert!(st["devices"][0]["down_ms"].is_u64(), "{st}");
+        }
         blk.start();
         let want = format!("reconnected (reconnect {})", k + 1);
         vmm.wait_until(&want, Duration::from_secs(30), |_, e| e.contains(&want));
