@@ -32,8 +32,8 @@ use crate::vhost_user::socket_watch::SocketWatch;
 pub const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest delay between two attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Delay after an attempt right after the socket appeared failed (bound but
-/// not yet listening): short, then doubling again.
+/// Delay before the next attempt when the one made as the socket appeared
+/// failed (bound, not yet listening): short, then doubling again.
 pub const BACKOFF_AFTER_CREATE: Duration = Duration::from_millis(5);
 
 /// The delay after `current`: doubled, at most [`BACKOFF_MAX`].
@@ -127,10 +127,6 @@ impl Link {
             self.last_needs_reset.clone_from(&why);
         }
         self.needs_reset = why;
-    }
-
-    pub fn needs_reset(&self) -> Option<&str> {
-        self.needs_reset.as_deref()
     }
 
     /// Fields merged into the device's API `status` entry.
