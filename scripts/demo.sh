@@ -3,7 +3,9 @@
 #   1. makes a scratch disk image
 #   2. starts the back ends (vhost-user-blk, vhost-user-rng), each its own process
 #   3. boots a guest under vmm whose devices they serve: Linux where this
-#      host's KVM can boot it, else splitvm's freestanding test guest
+#      host's KVM can boot it, else splitvm's freestanding test guest, once
+#      to test each device and once writing continuously while the blk back
+#      end is killed and restarted
 #   4. boots a Linux guest under QEMU TCG on the same back ends, writing and
 #      verifying continuously
 #   5. kills the blk back end with SIGKILL twice mid-I/O and starts it again
@@ -85,6 +87,49 @@ else
         --device "blk,socket=$DEMO/blk.sock" --device "rng,socket=$RNG_SOCK" \
         --serial stdio 2>&1 | sed 's/^/   vmm | /' | tee "$DEMO/vmm.log"
     grep -q "SPLITVM-GUEST PASS" "$DEMO/vmm.log" || die "the test guest under vmm did not pass"
+
+    say "3b. the test guest under vmm again, writing continuously; kill -9 vhost-user-blk mid-I/O"
+    "$BIN/vmm" --kernel "$TEST_GUEST" --memory 128M --api-socket "$DEMO/vmm-api.sock" \
+        --cmdline "guesttest=stress guestiters=600 guestprogress=100" \
+        --device "blk,socket=$DEMO/blk.sock" --device "rng,socket=$RNG_SOCK" \
+        --serial stdio > "$DEMO/vmm-stress.log" 2>&1 < /dev/null &
+    VMM_PID=$!
+    PIDS+=("$VMM_PID")
+    for _ in $(seq 300); do
+        grep -q "blk@.*: round 200 ok" "$DEMO/vmm-stress.log" && break
+        kill -0 "$VMM_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -9 "$BLK_PID"
+    wait "$BLK_PID" 2>/dev/null || true
+    echo "   killed vhost-user-blk after round 200; vmm's API while it is down:"
+    sleep 0.3
+    python3 - "$DEMO/vmm-api.sock" <<'PY' | sed 's/^/   api | /'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b'{"command":"status"}\n')
+reply = json.loads(s.makefile().readline())
+for d in reply.get("devices", []):
+    print(f"{d.get('type', '?')}: {d.get('state', '?')}, down {d.get('down_ms') or 0} ms, reconnects {d.get('reconnects') or 0}")
+PY
+    start_blk
+    wait "$VMM_PID" || true
+    grep -E "round (100|200|300|600) ok|stress checksum|SPLITVM-GUEST|vmm:" "$DEMO/vmm-stress.log" | sed 's/^/   vmm | /'
+    grep -q "SPLITVM-GUEST PASS" "$DEMO/vmm-stress.log" || die "the stress guest under vmm did not pass"
+    # The guest's FNV-1a of what it read back last must be what the image holds.
+    want=$(sed -n 's/.*stress checksum \(0x[0-9a-f]*\).*/\1/p' "$DEMO/vmm-stress.log")
+    have=$(python3 -c '
+import sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(4096 * 512)
+    data = f.read(16 * 512)
+h = 0x811C9DC5
+for b in data:
+    h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+print(f"0x{h:08x}")' "$DEMO/disk.raw")
+    [[ -n "$want" && "$want" == "$have" ]] || die "image checksum $have differs from the guest's $want"
+    echo "   the image holds what the guest last read back (FNV-1a $have)"
 fi
 
 say "4. a Linux guest under QEMU (TCG) on the same back ends, writing and verifying"
