@@ -259,6 +259,8 @@ impl BlkBackend {
     }
 
     /// Whether the guest has published requests we have not taken yet.
+    /// (An avail.idx more than a ring ahead is not "published": no chain can be
+    /// taken, and counting it would keep busy_poll spinning for good.)
     fn has_avail(&self, vring: &Vring) -> bool {
         let Some(atomic) = self.mem.read().unwrap_or_else(|p| p.into_inner()).clone() else {
             return false;
@@ -267,7 +269,7 @@ impl BlkBackend {
         let st = vring.get_ref();
         let q = st.get_queue();
         q.avail_idx(&*mem, Ordering::Acquire)
-            .map(|i| i.0 != q.next_avail())
+            .map(|i| (1..=q.size()).contains(&i.0.wrapping_sub(q.next_avail())))
             .unwrap_or(false)
     }
 
@@ -577,5 +579,55 @@ impl VhostUserBackend for BlkBackend {
             self.process_queue(vring, qi)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use vm_memory::{GuestAddress, GuestMemoryAtomic};
+
+    /// Fuzzing regression (blk_request with busy-polling on): an avail.idx
+    /// more than a ring ahead counted as "published", so busy_poll found work
+    /// it could never take and spun for good. Now the poll window runs out
+    /// and the worker reports the broken ring.
+    #[test]
+    fn busy_poll_ends_on_an_avail_index_more_than_a_ring_ahead() {
+        let path = std::env::temp_dir().join(format!("blk-poll-test-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
+        let image = Image::open(&path, false, false).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let backend = BlkBackend::new(
+            image,
+            BlkOptions {
+                num_queues: 1,
+                queue_size: 256,
+                serial: Vec::new(),
+            },
+        )
+        .with_poll(Duration::from_millis(1));
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        backend.update_memory(mem.clone()).unwrap();
+        let v = Vring::new(mem.clone(), 256).unwrap();
+        v.set_queue_size(16);
+        v.set_queue_info(0, 0x1000, 0x2000).unwrap();
+        v.set_queue_ready(true);
+        v.set_enabled(true);
+        mem.memory()
+            .write_obj(1000u16, GuestAddress(0x1002))
+            .unwrap(); // avail.idx
+
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = backend.handle_event(0, EventSet::IN, std::slice::from_ref(&v), 0);
+            let _ = done_tx.send(r.is_err());
+        });
+        let refused = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("busy_poll spun on a broken avail index");
+        assert!(refused, "the broken ring is reported");
     }
 }

@@ -96,7 +96,9 @@ const POLL_RX_EVERY: Duration = Duration::from_micros(20);
 enum RxOutcome {
     Delivered,
     Dropped,
-    NoBuffers,
+    /// The frame waits; notifications are on again, and `Ok(true)` says the
+    /// guest added buffers since we ran out (try again).
+    NoBuffers(Result<bool, virtio_queue::Error>),
 }
 
 impl NetBackend {
@@ -135,6 +137,8 @@ impl NetBackend {
     }
 
     /// Whether the guest has published buffers on `vring` that we have not taken.
+    /// (An avail.idx more than a ring ahead is not "published": no chain can be
+    /// taken, and counting it would keep the poll loop spinning for good.)
     fn has_avail(&self, vring: &Vring) -> bool {
         let Some(guard) = self.memory() else {
             return false;
@@ -143,7 +147,7 @@ impl NetBackend {
         let st = vring.get_ref();
         let q = st.get_queue();
         q.avail_idx(mem, Ordering::Acquire)
-            .map(|i| i.0 != q.next_avail())
+            .map(|i| (1..=q.size()).contains(&i.0.wrapping_sub(q.next_avail())))
             .unwrap_or(false)
     }
 
@@ -293,9 +297,9 @@ impl NetBackend {
                     rx.pending = 0;
                     used = true;
                 }
-                RxOutcome::NoBuffers => {
-                    // Ask for a kick when buffers come; re-check for a race.
-                    if vring.enable_notification().map_err(io::Error::other)? {
+                RxOutcome::NoBuffers(more) => {
+                    // Buffers came while we asked for a kick: try again.
+                    if more.map_err(io::Error::other)? {
                         continue;
                     }
                     self.poll_tap(i, &mut rx, false);
@@ -327,12 +331,20 @@ impl NetBackend {
             if chains.len() >= queue_size {
                 break;
             }
-            let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
-                // Out of buffers: give back what was taken; the frame waits.
+            let popped = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem);
+            let Some(chain) = popped else {
+                // Out of buffers: ask for a kick at the next buffer the guest
+                // adds, then give back what was taken; the frame waits. Asked
+                // before giving back, so "more" means buffers beyond those we
+                // saw (after it, the ones we took would count, and a frame
+                // larger than them would be retried for ever: found by
+                // fuzzing), and so that with EVENT_IDX avail_event names the
+                // index we ran out at (else the guest never kicks).
+                let more = vring.enable_notification();
                 for _ in 0..chains.len() {
                     vring.get_mut().get_queue_mut().go_to_previous_position();
                 }
-                return RxOutcome::NoBuffers;
+                return RxOutcome::NoBuffers(more);
             };
             let head = chain.head_index();
             let segs = writable_segments(mem, chain);
@@ -789,5 +801,105 @@ impl VhostUserBackend for NetBackend {
             2 if i == 0 => self.drain(&vrings[2], |v| self.process_ctrl(v)),
             e => Err(io::Error::other(format!("unknown event {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::sync::mpsc;
+    use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+    const F_WRITE: u16 = 2;
+
+    fn socketpair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: room for two fds; the result is checked.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: two fresh fds we own.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Fuzzing regression (net_request): a frame larger than all the RX
+    /// buffers the guest posted, with mergeable buffers. The buffers were
+    /// given back and then counted as "more" by the re-check, so the worker
+    /// retried the frame for ever. Now the frame waits, the ring is left as it
+    /// was, and (EVENT_IDX) avail_event asks for a kick at the next buffer.
+    #[test]
+    fn rx_frame_larger_than_the_posted_buffers_waits_instead_of_spinning() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let (tap, peer) = socketpair();
+        let backend = NetBackend::new(
+            vec![TapQueue::from_file(File::from(tap))],
+            NetOptions {
+                mac: [0x52, 0x54, 0, 0, 0, 1],
+                queue_pairs: 1,
+                queue_size: 256,
+                mtu: 1500,
+            },
+        );
+        backend.acked_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF);
+        backend.set_event_idx(true);
+        backend.update_memory(mem.clone()).unwrap();
+        let rings: Vec<Vring> = (0..3)
+            .map(|_| Vring::new(mem.clone(), 256).unwrap())
+            .collect();
+        let rx = &rings[0];
+        rx.set_queue_size(16);
+        rx.set_queue_info(0, 0x1000, 0x2000).unwrap();
+        rx.set_queue_event_idx(true);
+        rx.set_queue_ready(true);
+        rx.set_enabled(true);
+        let m = mem.memory();
+        let desc = |i: u64, addr: u64, len: u32| {
+            m.write_obj(addr, GuestAddress(16 * i)).unwrap();
+            m.write_obj(len, GuestAddress(16 * i + 8)).unwrap();
+            m.write_obj(F_WRITE, GuestAddress(16 * i + 12)).unwrap();
+            m.write_obj(i as u16, GuestAddress(0x1004 + 2 * i)).unwrap();
+        };
+        desc(0, 0x3000, 64);
+        desc(1, 0x3100, 64);
+        m.write_obj(2u16, GuestAddress(0x1002)).unwrap(); // avail.idx
+        let frame = vec![0x11u8; 225];
+        // SAFETY: sends frame.len() bytes from frame.
+        let n = unsafe { libc::send(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(n, 225);
+
+        let (done_tx, done_rx) = mpsc::channel();
+        {
+            let (backend, rings) = (backend.clone(), rings.clone());
+            std::thread::spawn(move || {
+                let r = backend.handle_event(0, EventSet::IN, &rings, 0);
+                let _ = done_tx.send(r.is_ok());
+            });
+        }
+        let ok = done_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("RX spun on a frame larger than the posted buffers");
+        assert!(ok);
+        let used_idx: u16 = m.read_obj(GuestAddress(0x2002)).unwrap();
+        assert_eq!(used_idx, 0, "the frame waits for buffers");
+        assert_eq!(rx.queue_next_avail(), 0, "the buffers were given back");
+        let avail_event: u16 = m.read_obj(GuestAddress(0x2004 + 8 * 16)).unwrap();
+        assert_eq!(avail_event, 2, "kick asked for at the next buffer");
+
+        // A third buffer: the frame goes out over three.
+        desc(2, 0x3200, 200);
+        m.write_obj(3u16, GuestAddress(0x1002)).unwrap();
+        backend.handle_event(0, EventSet::IN, &rings, 0).unwrap();
+        let used_idx: u16 = m.read_obj(GuestAddress(0x2002)).unwrap();
+        assert_eq!(used_idx, 3);
     }
 }
