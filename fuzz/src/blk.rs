@@ -1,6 +1,7 @@
 //! `blk_request`: a malicious guest's virtio-blk requests.
 //!
-//! Input: a control byte (bit 0: read-only image), then a ring
+//! Input: a control byte (bit 0: read-only image; bit 1: adaptive
+//! busy-polling on, a 20 µs window), then a ring
 //! ([`QueueSetup::load`]), then bytes copied into guest memory from
 //! [`DATA_GPA`] on (request headers, data, discard segments). The harness
 //! runs vhost-user-blk's queue handler (`handle_event` on the request queue:
@@ -88,7 +89,10 @@ pub fn run(data: &[u8]) {
     fx.mem.reset();
     let mut input = Input::new(data);
     let ctl = input.u8();
-    let backend = fx.image.backend(ctl & 1 != 0, crate::guest::MAX_QUEUE);
+    let mut backend = fx.image.backend(ctl & 1 != 0, crate::guest::MAX_QUEUE);
+    if ctl & 2 != 0 {
+        backend = backend.with_poll(std::time::Duration::from_micros(20));
+    }
     let q = QueueSetup::load(&fx.mem, &mut input);
     fx.mem.fill(DATA_GPA, input.rest());
 

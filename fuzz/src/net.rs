@@ -2,7 +2,8 @@
 //! their virtio-net header, RX buffers, control-queue commands).
 //!
 //! Input: a control byte (bits 0-1: which queue is driven, 0 RX, 1 TX, 2
-//! control, 3 RX through the tap event), the features the driver acked (a
+//! control, 3 RX through the tap event; bit 2: adaptive busy-polling of TX
+//! on, a 20 µs window), the features the driver acked (a
 //! u64, masked to those offered), a frame count (0-3) and a u16 length for
 //! each, then a ring ([`QueueSetup::load`]) installed as the driven queue,
 //! then the frames (the tap has them queued for RX), then bytes copied into
@@ -59,7 +60,7 @@ pub fn run(data: &[u8]) {
     mem.fill(DATA_GPA, input.rest());
 
     let (tap, peer) = socketpair();
-    let backend = NetBackend::new(
+    let mut backend = NetBackend::new(
         vec![TapQueue::from_file(File::from(tap))],
         NetOptions {
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
@@ -68,6 +69,9 @@ pub fn run(data: &[u8]) {
             mtu: 1500,
         },
     );
+    if ctl & 4 != 0 {
+        backend = backend.with_poll(std::time::Duration::from_micros(20));
+    }
     backend.acked_features(acked & backend.features());
     backend.set_event_idx(q.event_idx);
     let atomic = mem.atomic();
