@@ -449,9 +449,10 @@ impl NetBackend {
         acked: u64,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<(), String> {
-        let mut segs = Vec::new();
+        // Two passes over the chain (a cheap copy), so no per-frame allocation: check and
+        // measure it, then map it into iovecs (on the stack for up to TX_IOVS pieces).
         let mut total = 0usize;
-        for d in chain {
+        for d in chain.clone() {
             if d.is_write_only() {
                 return Err("device-writable buffer in a transmit chain".into());
             }
@@ -463,7 +464,6 @@ impl NetBackend {
             if total > VNET_HDR_LEN + vnet::MAX_FRAME {
                 return Err(format!("frame of more than {} bytes", vnet::MAX_FRAME));
             }
-            segs.push((d.addr(), len));
         }
         if total < VNET_HDR_LEN {
             return Err(format!("{total}-byte chain is shorter than the header"));
@@ -471,14 +471,14 @@ impl NetBackend {
         // Copy the header out (so what is checked is what the tap gets).
         let mut hdr = [0u8; VNET_HDR_LEN];
         let mut got = 0usize;
-        let mut iovs = Vec::with_capacity(segs.len() + 1);
+        let mut iovs = IovecList::new();
         iovs.push(libc::iovec {
             iov_base: hdr.as_mut_ptr().cast(),
             iov_len: VNET_HDR_LEN,
         });
-        for &(addr, len) in &segs {
-            let mut addr = addr;
-            let mut len = len;
+        for d in chain {
+            let mut addr = d.addr();
+            let mut len = d.len() as usize;
             if got < VNET_HDR_LEN {
                 let n = len.min(VNET_HDR_LEN - got);
                 mem.read_slice(&mut hdr[got..got + n], addr)
@@ -511,7 +511,7 @@ impl NetBackend {
             }
         }
         loop {
-            match pair.tap.writev(&iovs) {
+            match pair.tap.writev(iovs.as_slice()) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("tap refused the frame: {e}")),
@@ -630,6 +630,50 @@ impl NetBackend {
             s.rx_frames.load(Ordering::Relaxed),
             s.rx_dropped.load(Ordering::Relaxed)
         );
+    }
+}
+
+/// Pieces of one transmitted frame kept on the stack.
+const TX_IOVS: usize = 16;
+
+/// An iovec list that lives on the stack up to TX_IOVS entries (the usual frame is one or
+/// two), on the heap beyond.
+struct IovecList {
+    inline: [libc::iovec; TX_IOVS],
+    len: usize,
+    heap: Vec<libc::iovec>,
+}
+
+impl IovecList {
+    fn new() -> Self {
+        IovecList {
+            inline: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; TX_IOVS],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, v: libc::iovec) {
+        if self.heap.is_empty() && self.len < TX_IOVS {
+            self.inline[self.len] = v;
+            self.len += 1;
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.heap.push(v);
+        }
+    }
+
+    fn as_slice(&self) -> &[libc::iovec] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
     }
 }
 
