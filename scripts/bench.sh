@@ -3,7 +3,8 @@
 #   vhost-user-blk vs qemu-storage-daemon (vhost-user-blk export, aio=io_uring), same raw
 #                    image on tmpfs, same load;
 #   vhost-user-net vs DPDK testpmd (net_vhost -> net_tap, --forward-mode=io), same front end;
-#   vhost-user-rng vs vhost-device-rng (crates.io), both reading /dev/urandom.
+#   vhost-user-rng vs vhost-device-rng (crates.io), each with its default source of the
+#                    kernel's CSPRNG (ours: getrandom through the vDSO; theirs: /dev/urandom).
 # Each pair runs in alternation (A B A B ...), the load generator pinned to one CPU and the
 # back end to another, REPS times; the table shows medians, the spread (min..max) and ratios.
 #
@@ -160,8 +161,8 @@ if [[ ,$ONLY, == *,net,* ]]; then
 fi
 
 if [[ ,$ONLY, == *,rng,* ]]; then
-    echo "== rng: vhost-user-rng vs vhost-device-rng, both from /dev/urandom"
-    OURS="$BIN/vhost-user-rng $OURS_ARGS --socket {sock} --source /dev/urandom"
+    echo "== rng: vhost-user-rng (getrandom, vDSO) vs vhost-device-rng (/dev/urandom)"
+    OURS="$BIN/vhost-user-rng $OURS_ARGS --socket {sock}"
     pair rng "$OURS" vhost-device-rng "$VDR --socket-path {sock}" --peer-args "--socket-suffix 0" --qd 64 --bs 4k
 fi
 

@@ -4,10 +4,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+#[path = "vgetrandom.rs"]
+mod vgetrandom;
+
 /// An entropy source.
 pub enum Source {
-    /// getrandom(2) (the kernel's CSPRNG, never blocks once seeded).
-    Getrandom,
+    /// getrandom(2) (the kernel's CSPRNG, never blocks once seeded), through the vDSO
+    /// where the kernel offers it (no system call per request).
+    Getrandom(Option<vgetrandom::Fast>),
     /// A file or device; a regular file is read from the start again at its end.
     File {
         path: PathBuf,
@@ -22,7 +26,7 @@ impl Source {
         if spec == "getrandom" {
             let mut probe = [0u8; 1];
             getrandom(&mut probe)?;
-            return Ok(Source::Getrandom);
+            return Ok(Source::Getrandom(vgetrandom::Fast::new()));
         }
         let path = Path::new(spec);
         let file = File::open(path).map_err(|e| {
@@ -48,7 +52,8 @@ impl Source {
 
     pub fn describe(&self) -> String {
         match self {
-            Source::Getrandom => "getrandom(2)".into(),
+            Source::Getrandom(Some(_)) => "getrandom (vDSO)".into(),
+            Source::Getrandom(None) => "getrandom(2)".into(),
             Source::File { path, .. } => path.display().to_string(),
         }
     }
@@ -56,7 +61,8 @@ impl Source {
     /// Fills `buf` completely, or fails.
     pub fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
         match self {
-            Source::Getrandom => getrandom(buf),
+            Source::Getrandom(Some(f)) => f.fill(buf),
+            Source::Getrandom(None) => getrandom(buf),
             Source::File {
                 file,
                 regular,
