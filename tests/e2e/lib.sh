@@ -232,7 +232,7 @@ e2e_netns_tap() {
     ip netns exec "$E2E_NETNS" ip tuntap add dev tap0 mode tap vnet_hdr || e2e_die "cannot create tap0 in $E2E_NETNS"
     ip netns exec "$E2E_NETNS" ip link set lo up
     ip netns exec "$E2E_NETNS" ip addr add 10.99.0.1/24 dev tap0
-    ip netns exec "$E2E_NETNS" ip link set tap0 up
+    ip netns exec "$E2E_NETNS" ip link set tap0 txqueuelen 10000 up
 }
 
 e2e_finish() {
