@@ -40,3 +40,28 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
 }
+
+/// clap value parser for `--queue-size`: a power of two from 2 to 32768 (the
+/// split-ring limits).
+pub fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_queue_size;
+
+    #[test]
+    fn queue_size_is_a_power_of_two_in_range() {
+        assert_eq!(parse_queue_size("256"), Ok(256));
+        assert_eq!(parse_queue_size("32768"), Ok(32768));
+        assert!(parse_queue_size("1").is_err());
+        assert!(parse_queue_size("100").is_err());
+        assert!(parse_queue_size("65536").is_err());
+        assert!(parse_queue_size("x").is_err());
+    }
+}

@@ -28,7 +28,7 @@ struct Args {
     queue_pairs: u16,
 
     /// Largest ring size a front end may choose (a power of two, 2..=32768).
-    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    #[arg(long, default_value_t = 256, value_parser = splitvm_common::cli::parse_queue_size)]
     queue_size: u16,
 
     /// MTU announced to the guest (68..=65535; set the tap's own MTU to match).
@@ -70,14 +70,6 @@ fn parse_mac(s: &str) -> Result<MacArg, String> {
 fn parse_tap(s: &str) -> Result<String, String> {
     tap::check_name(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
-}
-
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two between 2 and 32768"));
-    }
-    Ok(n as u16)
 }
 
 fn main() -> ExitCode {

@@ -32,16 +32,8 @@ struct Args {
     period_ms: Option<u64>,
 
     /// Largest ring size a front end may choose (a power of two, 2..=32768).
-    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
+    #[arg(long, default_value_t = 1024, value_parser = splitvm_common::cli::parse_queue_size)]
     queue_size: u16,
-}
-
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two between 2 and 32768"));
-    }
-    Ok(n as u16)
 }
 
 fn main() -> ExitCode {
