@@ -107,6 +107,47 @@ where
     }
 }
 
+/// Handles one front end's requests until it goes away (`Ok`) or sends
+/// something refused or malformed (`Err`: the protocol has no way back to a
+/// known state, so the connection ends), then forgets it
+/// (`Handler::disconnect`) so the next front end starts from scratch.
+pub fn serve_connection<B>(
+    handler: &Arc<Mutex<Handler<B>>>,
+    stream: UnixStream,
+) -> std::result::Result<(), VhostUserError>
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+{
+    let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+    let result = loop {
+        match requests.handle_request() {
+            Ok(()) => {}
+            Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => {
+                log::info!("front end disconnected");
+                break Ok(());
+            }
+            Err(VhostUserError::InactiveFeature(f))
+                if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES =>
+            {
+                // QEMU 7.2's virtio-net enables its rings before
+                // SET_FEATURES and never again after it.
+                log::warn!("SET_VRING_ENABLE before SET_FEATURES; the rings start enabled");
+                handler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .note_enable_before_features();
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(requests);
+    handler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .disconnect();
+    result
+}
+
 /// What the signal watcher and the serving loop share.
 #[derive(Default)]
 struct Shared {
@@ -211,41 +252,11 @@ where
         }
         log::info!("front end connected");
 
-        let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
-        loop {
-            match requests.handle_request() {
-                Ok(()) => {}
-                Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => {
-                    log::info!("front end disconnected");
-                    break;
-                }
-                Err(VhostUserError::InactiveFeature(f))
-                    if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES =>
-                {
-                    // QEMU 7.2's virtio-net enables its rings before
-                    // SET_FEATURES and never again after it.
-                    log::warn!("SET_VRING_ENABLE before SET_FEATURES; the rings start enabled");
-                    handler
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .note_enable_before_features();
-                }
-                Err(e) => {
-                    if !lock(&shared).stopping {
-                        // A refused or malformed request: the protocol has no
-                        // way back to a known state, so end this connection
-                        // and wait for the next front end.
-                        log::warn!("closing the front-end connection: {e}");
-                    }
-                    break;
-                }
+        if let Err(e) = serve_connection(&handler, stream) {
+            if !lock(&shared).stopping {
+                log::warn!("closing the front-end connection: {e}");
             }
         }
-        drop(requests);
-        handler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .disconnect();
 
         let mut s = lock(&shared);
         s.connection = None;

@@ -3,16 +3,15 @@
 //! memfd image, with its queue workers, kept for the whole fuzz run (the
 //! daemon, too, keeps one handler across front ends).
 //!
-//! [`serve_connection`] is the per-connection loop of
-//! `splitvm_common::daemon::serve_with` (which also does accept, signals and
-//! socket files, none of which a harness wants); keep the two alike.
+//! [`serve_connection`] runs the daemon's own per-connection loop
+//! (`splitvm_common::daemon::serve_connection`), without the accept, signals
+//! and socket files of `serve_with`, which a harness does not want.
 
 use crate::blk::MemImage;
 use splitvm_common::handler::Handler;
 use splitvm_common::worker::Worker;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, OnceLock};
-use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, VhostUserVirtioFeatures};
 use vhost_user_blk::backend::BlkBackend;
 
 pub type BlkHandler = Arc<Mutex<Handler<BlkBackend>>>;
@@ -39,31 +38,11 @@ pub fn blk_server() -> &'static BlkServer {
 }
 
 /// Handles one front end's requests until it goes away or sends something
-/// the protocol cannot recover from, then forgets it (`disconnect`).
+/// the protocol cannot recover from: the daemon's own per-connection loop.
 pub fn serve_connection(handler: &BlkHandler, stream: UnixStream) {
-    let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
-    loop {
-        match requests.handle_request() {
-            Ok(()) => {}
-            Err(VhostUserError::InactiveFeature(f))
-                if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES =>
-            {
-                handler
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .note_enable_before_features();
-            }
-            Err(e) => {
-                if crate::debug() {
-                    eprintln!("front end dropped: {e}");
-                }
-                break;
-            }
+    if let Err(e) = splitvm_common::daemon::serve_connection(handler, stream) {
+        if crate::debug() {
+            eprintln!("front end dropped: {e}");
         }
     }
-    drop(requests);
-    handler
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .disconnect();
 }
