@@ -546,30 +546,26 @@ impl VirtioMmioDevice {
                 }
             }
             REG_STATUS => self.set_status(v),
-            REG_QUEUE_DESC_LOW => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_low(&mut q.desc, v)),
-            REG_QUEUE_DESC_HIGH => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_high(&mut q.desc, v)),
-            REG_QUEUE_DRIVER_LOW => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_low(&mut q.avail, v)),
-            REG_QUEUE_DRIVER_HIGH => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_high(&mut q.avail, v)),
-            REG_QUEUE_DEVICE_LOW => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_low(&mut q.used, v)),
-            REG_QUEUE_DEVICE_HIGH => self
-                .selected_queue()
-                .into_iter()
-                .for_each(|q| set_high(&mut q.used, v)),
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH => {
+                if let Some(q) = self.selected_queue() {
+                    let addr = match offset {
+                        REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH => &mut q.desc,
+                        REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH => &mut q.avail,
+                        _ => &mut q.used,
+                    };
+                    match offset {
+                        REG_QUEUE_DESC_HIGH | REG_QUEUE_DRIVER_HIGH | REG_QUEUE_DEVICE_HIGH => {
+                            set_high(addr, v)
+                        }
+                        _ => set_low(addr, v),
+                    }
+                }
+            }
             REG_SHM_SEL => self.shm_sel = v,
             _ => log::debug!(
                 "{}: write {v:#x} to unknown register {offset:#x}",
